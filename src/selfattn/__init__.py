@@ -1,0 +1,25 @@
+"""selfattn: self-attention and the Transformer built from it.
+
+Mask convention everywhere: boolean True = may attend. ``causal`` is bottom-right aligned.
+"""
+
+from .attention import BACKENDS, attention, explain_backend, register_backend
+from .layers import DecoderLayer, EncoderLayer, FeedForward, KVCache, MultiHeadAttention, RMSNorm
+from .models import (
+    PRESETS,
+    ModelConfig,
+    Transformer,
+    TransformerEncoderModel,
+    TransformerLM,
+    build_model,
+    count_parameters,
+    preset,
+)
+
+__version__ = "0.1.0"
+__all__ = [
+    "BACKENDS", "DecoderLayer", "EncoderLayer", "FeedForward", "KVCache", "ModelConfig",
+    "MultiHeadAttention", "PRESETS", "RMSNorm", "Transformer", "TransformerEncoderModel",
+    "TransformerLM", "__version__", "attention", "build_model", "count_parameters",
+    "explain_backend", "preset", "register_backend",
+]

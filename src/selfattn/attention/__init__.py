@@ -1,0 +1,28 @@
+"""Scaled dot-product attention and its backends.
+
+``attention(q, k, v, ...)`` is the one entry point; backends register themselves in
+:data:`BACKENDS`. Mask convention everywhere: boolean True = may attend; ``causal`` is
+bottom-right aligned (query i may attend key j when j <= i + Nk - Nq).
+"""
+
+from .math_backend import math_attention, math_supports
+from .registry import (
+    BACKENDS,
+    Backend,
+    BackendChoice,
+    attention,
+    explain_backend,
+    register_backend,
+)
+from .spec import AttentionCall, alibi_bias, structural_mask
+from .torch_backend import torch_attention, torch_supports
+
+register_backend("math", math_attention, math_supports, priority=0,
+                 description="readable reference: explicit scores, float32 softmax, can return weights")
+register_backend("torch", torch_attention, torch_supports, priority=10,
+                 description="PyTorch's fused scaled_dot_product_attention, fully-masked rows made safe")
+
+__all__ = [
+    "AttentionCall", "BACKENDS", "Backend", "BackendChoice", "alibi_bias", "attention",
+    "explain_backend", "math_attention", "register_backend", "structural_mask", "torch_attention",
+]

@@ -1,0 +1,186 @@
+"""Validation of an attention call and the structural masks shared by every backend.
+
+Dimension legend (used in every attention module):
+    b  batch            h  query heads         g  kv heads (h % g == 0)
+    n  queries (Nq)     m  keys (Nk)           d  head dim of q/k    e  head dim of v
+
+Mask convention, everywhere in selfattn: a boolean mask is **True = may attend**.
+A floating mask is an additive bias (use -inf to forbid).
+``causal=True`` is **bottom-right aligned**: query i may attend key j when j <= i + (Nk - Nq),
+so a decoder step with a key/value cache (Nq=1, Nk=t) needs no special case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """What a backend needs to know to decide whether it can serve a call (no tensors inside)."""
+
+    batch: int
+    q_heads: int
+    kv_heads: int
+    q_len: int
+    k_len: int
+    head_dim: int
+    v_dim: int
+    dtype: torch.dtype
+    device_type: str
+    mask_kind: str  # "none" | "bool" | "float"
+    key_padding_only: bool  # mask is boolean and shaped (b|1, 1, 1, m): expressible without an n x m tensor
+    mask_requires_grad: bool
+    causal: bool
+    window: tuple[int | None, int | None] | None
+    alibi: bool
+    dropout_p: float
+    return_weights: bool
+    requires_grad: bool
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def validate_call(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None,
+    causal: bool,
+    scale: float | None,
+    dropout_p: float,
+    window: tuple[int | None, int | None] | None,
+    alibi_slopes: Tensor | None,
+    return_weights: bool,
+) -> AttentionCall:
+    """Check the arguments of :func:`selfattn.attention`; raise ``ValueError`` naming expected vs given."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must have rank 4 (B, H, N, D), got rank {t.dim()} with shape {_shape(t)}"
+            )
+        if not t.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a floating tensor, got dtype {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    b, h, n, d = q.shape
+    if k.shape[0] != b or v.shape[0] != b:
+        raise ValueError(
+            f"batch sizes differ: q {_shape(q)}, k {_shape(k)}, v {_shape(v)} (expected the same B)"
+        )
+    if k.shape[3] != d:
+        raise ValueError(f"head dim of k must equal q's ({d}), got k {_shape(k)}")
+    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        raise ValueError(
+            f"k and v must agree on (heads, keys): k {_shape(k)} vs v {_shape(v)}"
+        )
+    g, m = k.shape[1], k.shape[2]
+    if g == 0 or h % g != 0:
+        raise ValueError(
+            f"query heads must be a multiple of key/value heads (grouped-query attention), "
+            f"got Hq={h}, Hkv={g}"
+        )
+    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0 and scale != float("inf")):
+        raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
+    if not (isinstance(dropout_p, (int, float)) and 0.0 <= dropout_p < 1.0):
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+
+    mask_kind, key_padding_only, mask_grad = "none", False, False
+    if mask is not None:
+        if not isinstance(mask, Tensor):
+            raise ValueError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+        if mask.device != q.device:
+            raise ValueError(f"mask must be on q's device {q.device}, got {mask.device}")
+        if mask.dtype == torch.bool:
+            mask_kind = "bool"
+        elif mask.dtype.is_floating_point:
+            mask_kind = "float"
+            mask_grad = mask.requires_grad
+        else:
+            raise ValueError(
+                f"mask must be boolean (True = may attend) or a floating additive bias, got dtype {mask.dtype}"
+            )
+        target = (b, h, n, m)
+        try:
+            bshape = torch.broadcast_shapes(mask.shape, target)
+        except RuntimeError:
+            bshape = None
+        if mask.dim() > 4 or bshape != torch.Size(target):
+            raise ValueError(
+                f"mask of shape {_shape(mask)} does not broadcast to (B, Hq, Nq, Nk) = {target}"
+            )
+        full = (1,) * (4 - mask.dim()) + tuple(mask.shape)
+        key_padding_only = mask_kind == "bool" and full[1] == 1 and full[2] == 1
+
+    if window is not None:
+        if not (isinstance(window, (tuple, list)) and len(window) == 2):
+            raise ValueError(f"window must be a pair (left, right) of ints or None, got {window!r}")
+        for side in window:
+            if side is not None and not (isinstance(side, int) and side >= 0):
+                raise ValueError(f"window sizes must be non-negative ints or None, got {window!r}")
+        window = (window[0], window[1])
+    if alibi_slopes is not None:
+        if not isinstance(alibi_slopes, Tensor) or alibi_slopes.shape != (h,):
+            got = _shape(alibi_slopes) if isinstance(alibi_slopes, Tensor) else type(alibi_slopes).__name__
+            raise ValueError(f"alibi_slopes must be a tensor of shape (Hq,) = ({h},), got {got}")
+
+    return AttentionCall(
+        batch=b, q_heads=h, kv_heads=g, q_len=n, k_len=m, head_dim=d, v_dim=v.shape[3],
+        dtype=q.dtype, device_type=q.device.type, mask_kind=mask_kind,
+        key_padding_only=key_padding_only, mask_requires_grad=mask_grad, causal=bool(causal),
+        window=window, alibi=alibi_slopes is not None, dropout_p=float(dropout_p),
+        return_weights=bool(return_weights),
+        requires_grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)),
+    )
+
+
+def structural_mask(
+    n: int,
+    m: int,
+    *,
+    causal: bool,
+    window: tuple[int | None, int | None] | None,
+    device: torch.device | str,
+) -> Tensor | None:
+    """Boolean (n, m) mask, True = may attend, from causal and window (both bottom-right aligned).
+
+    Query i sits at key position ``i + (m - n)``. Causal allows keys ``j <= pos``; a window
+    ``(left, right)`` allows ``pos - left <= j <= pos + right`` (None = unlimited on that side).
+    Returns None when neither constrains anything.
+    """
+    if not causal and window is None:
+        return None
+    pos = torch.arange(n, device=device).unsqueeze(1) + (m - n)  # (n, 1)
+    j = torch.arange(m, device=device).unsqueeze(0)  # (1, m)
+    allowed = torch.ones(n, m, dtype=torch.bool, device=device)
+    if causal:
+        allowed &= j <= pos
+    if window is not None:
+        left, right = window
+        if left is not None:
+            allowed &= j >= pos - left
+        if right is not None:
+            allowed &= j <= pos + right
+    return allowed
+
+
+def alibi_bias(slopes: Tensor, n: int, m: int) -> Tensor:
+    """ALiBi additive bias (Press et al., 2022): ``-slope_h * |pos_i - j|``, shape (1, h, n, m), float32.
+
+    Positions are bottom-right aligned like causal masks, so for causal attention this is the
+    paper's ``slope * (j - i)``.
+    """
+    pos = torch.arange(n, device=slopes.device).unsqueeze(1) + (m - n)  # (n, 1)
+    j = torch.arange(m, device=slopes.device).unsqueeze(0)  # (1, m)
+    dist = (pos - j).abs().to(torch.float32)  # (n, m)
+    return -slopes.to(torch.float32).view(1, -1, 1, 1) * dist  # (1, h, n, m)

@@ -1,0 +1,72 @@
+"""Backend "torch": PyTorch's fused ``scaled_dot_product_attention`` (SDPA), made safe.
+
+Legend: b batch, h query heads, g kv heads, n queries, m keys, d q/k head dim, e v head dim.
+Mask: boolean True = may attend (SDPA's own boolean convention too; ``nn.MultiheadAttention``'s
+is the opposite), or a floating additive bias. ``causal`` is bottom-right aligned (query i may
+attend key j when j <= i + m - n); SDPA's ``is_causal`` is top-left aligned, so it is used only
+when n == m and an explicit mask is built otherwise.
+
+SDPA returns NaN for a query row that may attend no key. Here such rows are opened up before the
+call (so the kernel sees a finite softmax and a finite backward) and their output is set to 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .math_backend import score_bias_and_mask
+from .spec import AttentionCall
+
+
+def torch_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    window=None,
+    alibi_slopes: Tensor | None = None,
+    return_weights: bool = False,
+) -> tuple[Tensor, None]:
+    n, m = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if mask is None and window is None and alibi_slopes is None and (not causal or n == m):
+        # Fast path: no explicit mask at all; every row attends at least one key.
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale, enable_gqa=gqa
+        )
+        return out, None
+
+    bias, allowed = score_bias_and_mask(
+        n, m, mask=mask, causal=causal, window=window, alibi_slopes=alibi_slopes, device=q.device
+    )
+    if bias is not None:
+        attn_mask = bias.to(q.dtype)
+        if allowed is not None:
+            attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
+        dead = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)  # (.., n, 1) rows with no key
+        attn_mask = attn_mask.masked_fill(dead, 0.0)
+    else:
+        dead = ~allowed.any(dim=-1, keepdim=True)  # (.., n, 1)
+        attn_mask = allowed | dead
+    while attn_mask.dim() < 4:
+        attn_mask = attn_mask.unsqueeze(0)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa
+    )  # (b, h, n, e)
+    while dead.dim() < 4:
+        dead = dead.unsqueeze(0)
+    return out.masked_fill(dead, 0.0), None
+
+
+def torch_supports(call: AttentionCall) -> str | None:
+    if call.return_weights:
+        return "SDPA cannot return the attention weights"
+    if call.mask_requires_grad:
+        return "the additive mask needs a gradient, which fused SDPA kernels do not compute"
+    return None

@@ -1,0 +1,133 @@
+"""Multi-head attention (the paper's §3.2.2) with grouped-query heads, RoPE, ALiBi and a KV cache.
+
+Legend: b batch, n queries, m keys, h query heads, g kv heads, d head dim, c model dim (h * d).
+Mask convention: boolean True = may attend; ``causal`` is bottom-right aligned (query i may
+attend key j when j <= i + m - n), so cached decoding is an ordinary call with n=1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..attention import attention
+from ..positional import RotaryEmbedding, alibi_slopes
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one attention layer kept across decoding steps.
+
+    Self-attention appends each step's keys/values (already rotated when RoPE is used);
+    cross-attention fills it once from the encoder output and reuses it.
+    """
+
+    k: Tensor | None = None  # (b, g, t, d)
+    v: Tensor | None = None  # (b, g, t, d)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)  # (b, g, t+n, d)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def reorder(self, index: Tensor) -> None:
+        """Select batch rows (beam search): keeps rows ``index`` in that order."""
+        if self.k is not None:
+            self.k = self.k.index_select(0, index)
+            self.v = self.v.index_select(0, index)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention with ``num_heads`` query heads and ``num_kv_heads`` key/value heads.
+
+    Args:
+        d_model: model width c.
+        num_heads: query heads h; head dim d = c / h.
+        num_kv_heads: key/value heads g (h % g == 0); None = h (multi-head), 1 = multi-query.
+        bias: biases in the four projections.
+        dropout: dropout on attention weights (training only).
+        kv_dim: width of the cross-attention context when it differs from c.
+        rope: rotate q and k by position (self-attention only).
+        alibi: add ALiBi's per-head linear distance penalty (self-attention only).
+        window: (left, right) sliding window in key positions, or None for full attention.
+        backend: attention backend name for :func:`selfattn.attention` ("auto" picks).
+    """
+
+    def __init__(
+        self, d_model: int, num_heads: int, num_kv_heads: int | None = None, *, bias: bool = True,
+        dropout: float = 0.0, kv_dim: int | None = None, rope: bool = False, alibi: bool = False,
+        window: tuple[int | None, int | None] | None = None, backend: str = "auto",
+    ):
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if d_model % num_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = d_model // num_heads
+        self.dropout, self.window, self.backend = dropout, window, backend
+        kv_dim = d_model if kv_dim is None else kv_dim
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(kv_dim, num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(kv_dim, num_kv_heads * self.head_dim, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.rope = RotaryEmbedding(self.head_dim) if rope else None
+        if alibi:
+            self.register_buffer("alibi_slopes", alibi_slopes(num_heads), persistent=False)
+        else:
+            self.alibi_slopes = None
+
+    def _split(self, x: Tensor, heads: int) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, heads, self.head_dim).transpose(1, 2)  # (b, heads, n, d)
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
+        causal: bool = False, bias: Tensor | None = None, cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from x (b, n, c) to itself, or to ``context`` (b, m, kv_dim) for cross-attention.
+
+        mask: boolean True = may attend, broadcastable to (b, h, n, m), e.g. a key-padding mask
+        shaped (b, 1, 1, m). bias: additive float bias (T5 relative positions).
+        Returns (out (b, n, c), weights (b, h, n, m) or None).
+        """
+        b, n, c = x.shape
+        q = self._split(self.q_proj(x), self.num_heads)  # (b, h, n, d)
+        if context is not None:  # cross-attention: keys/values from the source, computed once
+            if cache is not None and cache.k is not None:
+                k, v = cache.k, cache.v
+            else:
+                k = self._split(self.k_proj(context), self.num_kv_heads)  # (b, g, m, d)
+                v = self._split(self.v_proj(context), self.num_kv_heads)
+                if cache is not None:
+                    cache.k, cache.v = k, v
+        else:
+            offset = cache.length if cache is not None else 0
+            k = self._split(self.k_proj(x), self.num_kv_heads)  # (b, g, n, d)
+            v = self._split(self.v_proj(x), self.num_kv_heads)
+            if self.rope is not None:
+                q, k = self.rope(q, offset), self.rope(k, offset)
+            if cache is not None:
+                k, v = cache.append(k, v)  # (b, g, t, d)
+        if bias is not None:
+            if mask is not None:  # fold a boolean mask into the additive bias
+                bias = bias.masked_fill(~mask, float("-inf"))
+            mask = bias
+        result = attention(
+            q, k, v, mask=mask, causal=causal and context is None,
+            dropout_p=self.dropout if self.training else 0.0,
+            window=self.window if context is None else None,
+            alibi_slopes=self.alibi_slopes if context is None else None,
+            backend=self.backend, return_weights=need_weights,
+        )
+        out, weights = result if need_weights else (result, None)
+        out = out.transpose(1, 2).reshape(b, n, c)  # (b, n, c)
+        return self.out_proj(out), weights

@@ -1,0 +1,123 @@
+"""Encoder and decoder layers (the paper's §3.1), post-norm (the paper) or pre-norm.
+
+Legend: b batch, n target positions, m source positions, c model dim.
+Post-norm: x = Norm(x + Dropout(Sublayer(x))).   Pre-norm: x = x + Dropout(Sublayer(Norm(x))).
+Masks are boolean, True = may attend; decoder self-attention is causal (bottom-right aligned).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from .attention import KVCache, MultiHeadAttention
+from .feedforward import FeedForward
+from .norm import make_norm
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Everything one encoder or decoder layer needs; built from a model config."""
+
+    d_model: int
+    num_heads: int
+    num_kv_heads: int | None
+    d_ff: int
+    dropout: float
+    attention_dropout: float
+    activation: str
+    norm: str
+    norm_first: bool
+    norm_eps: float
+    bias: bool
+    rope: bool
+    alibi: bool
+    window: tuple[int | None, int | None] | None
+    backend: str
+
+
+def _self_attention(s: LayerSpec) -> MultiHeadAttention:
+    return MultiHeadAttention(
+        s.d_model, s.num_heads, s.num_kv_heads, bias=s.bias, dropout=s.attention_dropout,
+        rope=s.rope, alibi=s.alibi, window=s.window, backend=s.backend,
+    )
+
+
+class _Residual(nn.Module):
+    """One sublayer with its norm, dropout and residual connection, in either order."""
+
+    def __init__(self, s: LayerSpec):
+        super().__init__()
+        self.norm = make_norm(s.norm, s.d_model, s.norm_eps)
+        self.dropout = nn.Dropout(s.dropout)
+        self.norm_first = s.norm_first
+
+    def forward(self, x: Tensor, fn) -> tuple[Tensor, Tensor | None]:
+        out = fn(self.norm(x) if self.norm_first else x)
+        y, weights = out if isinstance(out, tuple) else (out, None)
+        x = x + self.dropout(y)
+        return (x if self.norm_first else self.norm(x)), weights
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, s: LayerSpec):
+        super().__init__()
+        self.self_attn = _self_attention(s)
+        self.ff = FeedForward(s.d_model, s.d_ff, activation=s.activation, dropout=s.dropout, bias=s.bias)
+        self.sub_attn = _Residual(s)
+        self.sub_ff = _Residual(s)
+
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, bias: Tensor | None = None,
+                causal: bool = False, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x (b, n, c); mask True = may attend (e.g. key padding (b, 1, 1, n))."""
+        x, weights = self.sub_attn(
+            x, lambda h: self.self_attn(h, mask=mask, bias=bias, causal=causal, need_weights=need_weights)
+        )
+        x, _ = self.sub_ff(x, self.ff)
+        return x, weights
+
+
+@dataclass
+class DecoderLayerCache:
+    self_attn: KVCache
+    cross_attn: KVCache
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, s: LayerSpec, *, cross_attention: bool = True):
+        super().__init__()
+        self.self_attn = _self_attention(s)
+        self.cross_attn = (
+            MultiHeadAttention(s.d_model, s.num_heads, s.num_kv_heads, bias=s.bias,
+                               dropout=s.attention_dropout, backend=s.backend)
+            if cross_attention else None
+        )
+        self.ff = FeedForward(s.d_model, s.d_ff, activation=s.activation, dropout=s.dropout, bias=s.bias)
+        self.sub_self = _Residual(s)
+        self.sub_cross = _Residual(s) if cross_attention else None
+        self.sub_ff = _Residual(s)
+
+    def forward(
+        self, x: Tensor, memory: Tensor | None = None, *, self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None, bias: Tensor | None = None,
+        cache: DecoderLayerCache | None = None, need_weights: bool = False,
+    ) -> tuple[Tensor, tuple[Tensor | None, Tensor | None]]:
+        """x (b, n, c) targets; memory (b, m, c) encoder output. Self-attention is causal.
+
+        Returns x and (self-attention weights, cross-attention weights) when ``need_weights``.
+        """
+        x, w_self = self.sub_self(x, lambda h: self.self_attn(
+            h, mask=self_mask, bias=bias, causal=True, need_weights=need_weights,
+            cache=cache.self_attn if cache is not None else None,
+        ))
+        w_cross = None
+        if self.cross_attn is not None:
+            if memory is None and (cache is None or cache.cross_attn.k is None):
+                raise ValueError("a decoder layer with cross-attention needs the encoder memory")
+            x, w_cross = self.sub_cross(x, lambda h: self.cross_attn(
+                h, memory if memory is not None else h, mask=memory_mask, need_weights=need_weights,
+                cache=cache.cross_attn if cache is not None else None,
+            ))
+        x, _ = self.sub_ff(x, self.ff)
+        return x, (w_self, w_cross)

@@ -1,0 +1,148 @@
+"""The three model kinds built from :class:`ModelConfig`.
+
+Legend: b batch, m source length, n target length, c model dim, V vocabulary.
+Padding masks passed to models are (b, length) booleans with **True = real token**; when none
+is given and ``cfg.pad_id`` is set, they are derived from the token ids.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .transformer import (
+    Decoder,
+    DecoderCache,
+    Embeddings,
+    Encoder,
+    count_parameters,
+    init_weights,
+    key_mask,
+)
+
+
+def _padding(tokens: Tensor, given: Tensor | None, pad_id: int | None) -> Tensor | None:
+    if given is not None:
+        if given.shape != tokens.shape:
+            raise ValueError(f"padding mask shape {tuple(given.shape)} must equal tokens shape {tuple(tokens.shape)}")
+        return given
+    if pad_id is None:
+        return None
+    pad = tokens != pad_id  # (b, n) True = real token
+    return None if bool(pad.all()) else pad
+
+
+class _Base(nn.Module):
+    cfg: ModelConfig
+
+    def num_parameters(self) -> int:
+        return count_parameters(self)
+
+
+class Transformer(_Base):
+    """Encoder–decoder Transformer (Vaswani et al., 2017), shared embeddings per §3.4."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.kind != "encoder-decoder":
+            raise ValueError(f"Transformer needs kind='encoder-decoder', got {cfg.kind!r}")
+        self.cfg = cfg
+        src_vocab = cfg.src_vocab_size or cfg.vocab_size
+        if cfg.share_embeddings and src_vocab != cfg.vocab_size:
+            raise ValueError(f"shared embeddings need one vocabulary, got src {src_vocab} vs tgt {cfg.vocab_size}")
+        self.tgt_embed = Embeddings(cfg, cfg.vocab_size)
+        shared = self.tgt_embed.token if cfg.share_embeddings else None
+        self.src_embed = Embeddings(cfg, src_vocab, token=shared)
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg, cross_attention=True)
+        self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, cfg)
+        if cfg.share_embeddings:
+            self.output.weight = self.tgt_embed.token.weight  # tied (§3.4)
+
+    def encode(self, src: Tensor, src_padding: Tensor | None = None, *, need_weights: bool = False):
+        """src (b, m) -> memory (b, m, c), memory mask (b, 1, 1, m) or None, per-layer weights."""
+        mask = key_mask(_padding(src, src_padding, self.cfg.pad_id))
+        memory, weights = self.encoder(self.src_embed(src), mask, need_weights=need_weights)
+        return memory, mask, weights
+
+    def decode(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor | None = None, *,
+               tgt_padding: Tensor | None = None, cache: DecoderCache | None = None,
+               need_weights: bool = False):
+        """tgt (b, n) -> logits (b, n, V) and per-layer (self, cross) weights.
+
+        With ``cache`` pass only the new target positions; keys/values of earlier ones are reused.
+        """
+        offset = cache.offset if cache is not None else 0
+        self_mask = key_mask(_padding(tgt, tgt_padding, self.cfg.pad_id)) if cache is None else None
+        x = self.tgt_embed(tgt, offset=offset)  # (b, n, c)
+        x, weights = self.decoder(x, memory, self_mask=self_mask, memory_mask=memory_mask,
+                                  cache=cache, need_weights=need_weights)
+        return self.output(x), weights  # (b, n, V)
+
+    def forward(self, src: Tensor, tgt: Tensor, src_padding: Tensor | None = None,
+                tgt_padding: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (b, n, V) for targets ``tgt`` given sources ``src``."""
+        memory, mask, _ = self.encode(src, src_padding)
+        logits, _ = self.decode(tgt, memory, mask, tgt_padding=tgt_padding)
+        return logits
+
+    def new_cache(self) -> DecoderCache:
+        return self.decoder.new_cache()
+
+
+class TransformerEncoderModel(_Base):
+    """Encoder-only model (BERT-style): token ids -> contextual vectors (b, n, c)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.kind != "encoder":
+            raise ValueError(f"TransformerEncoderModel needs kind='encoder', got {cfg.kind!r}")
+        self.cfg = cfg
+        self.embed = Embeddings(cfg, cfg.vocab_size)
+        self.encoder = Encoder(cfg)
+        init_weights(self, cfg)
+
+    def forward(self, tokens: Tensor, padding: Tensor | None = None, token_types: Tensor | None = None,
+                *, need_weights: bool = False):
+        """Returns hidden states (b, n, c); with ``need_weights`` also the per-layer weights."""
+        mask = key_mask(_padding(tokens, padding, self.cfg.pad_id))
+        x, weights = self.encoder(self.embed(tokens, token_types=token_types), mask, need_weights=need_weights)
+        return (x, weights) if need_weights else x
+
+
+class TransformerLM(_Base):
+    """Decoder-only causal language model (GPT-style) with tied input/output embeddings."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.kind != "decoder":
+            raise ValueError(f"TransformerLM needs kind='decoder', got {cfg.kind!r}")
+        self.cfg = cfg
+        self.embed = Embeddings(cfg, cfg.vocab_size)
+        self.decoder = Decoder(cfg, cross_attention=False)
+        self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, cfg)
+        if cfg.share_embeddings:
+            self.output.weight = self.embed.token.weight
+
+    def forward(self, tokens: Tensor, padding: Tensor | None = None, *, cache: DecoderCache | None = None,
+                need_weights: bool = False):
+        """tokens (b, n) -> logits (b, n, V). With ``cache`` pass only the new tokens."""
+        offset = cache.offset if cache is not None else 0
+        mask = key_mask(_padding(tokens, padding, self.cfg.pad_id)) if cache is None else None
+        x, weights = self.decoder(self.embed(tokens, offset=offset), self_mask=mask, cache=cache,
+                                  need_weights=need_weights)
+        logits = self.output(x)  # (b, n, V)
+        return (logits, weights) if need_weights else logits
+
+    def new_cache(self) -> DecoderCache:
+        return self.decoder.new_cache()
+
+
+def build_model(cfg: ModelConfig) -> Transformer | TransformerEncoderModel | TransformerLM:
+    """The model class that matches ``cfg.kind``."""
+    return {"encoder-decoder": Transformer, "encoder": TransformerEncoderModel, "decoder": TransformerLM}[cfg.kind](cfg)
+
+
+__all__ = ["Transformer", "TransformerEncoderModel", "TransformerLM", "build_model"]

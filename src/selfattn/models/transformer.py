@@ -1,0 +1,164 @@
+"""The models: encoder–decoder ``Transformer``, ``TransformerEncoderModel`` and ``TransformerLM``.
+
+Legend: b batch, m source length, n target length, c model dim, V vocabulary.
+Data flow (encoder–decoder): src tokens (b, m) -> Embeddings -> Encoder -> memory (b, m, c);
+tgt tokens (b, n) -> Embeddings -> Decoder(memory) -> (b, n, c) -> output projection -> logits (b, n, V).
+Padding masks given to the models are (b, length) booleans, **True = real token (may be attended)**;
+they become key masks (b, 1, 1, length) for the attention layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..layers.attention import KVCache
+from ..layers.blocks import DecoderLayer, DecoderLayerCache, EncoderLayer
+from ..layers.norm import make_norm
+from ..positional import LearnedPositions, SinusoidalPositions, T5RelativeBias
+from .config import ModelConfig
+
+
+def key_mask(padding: Tensor | None) -> Tensor | None:
+    """(b, m) True = real token -> (b, 1, 1, m) attention mask (True = may attend)."""
+    if padding is None:
+        return None
+    if padding.dim() != 2 or padding.dtype != torch.bool:
+        raise ValueError(
+            f"padding mask must be boolean (B, N) with True = real token, got {padding.dtype} {tuple(padding.shape)}"
+        )
+    return padding[:, None, None, :]  # (b, 1, 1, m)
+
+
+class Embeddings(nn.Module):
+    """Token embedding (x sqrt(c) as in §3.4) + absolute positions + token types, then dropout."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, token: nn.Embedding | None = None):
+        super().__init__()
+        self.token = token if token is not None else nn.Embedding(vocab_size, cfg.d_model)
+        self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+        self.positions: nn.Module | None = None
+        if cfg.positional == "sinusoidal":
+            self.positions = SinusoidalPositions(cfg.d_model, cfg.max_len)
+        elif cfg.positional == "learned":
+            self.positions = LearnedPositions(cfg.d_model, cfg.max_len)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.embed_norm else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, tokens: Tensor, offset: int = 0, token_types: Tensor | None = None) -> Tensor:
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens must be integer ids shaped (B, N), got {tokens.dtype} {tuple(tokens.shape)}")
+        vocab = self.token.num_embeddings
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+            raise ValueError(f"token ids must lie in [0, {vocab}), got range [{int(tokens.min())}, {int(tokens.max())}]")
+        x = self.token(tokens) * self.scale  # (b, n, c)
+        if self.positions is not None:
+            x = x + self.positions(tokens.shape[1], offset).to(x.dtype)  # (n, c) broadcast over b
+        if self.token_type is not None:
+            types = torch.zeros_like(tokens) if token_types is None else token_types
+            x = x + self.token_type(types)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+class Encoder(nn.Module):
+    """A stack of encoder layers on embedded inputs (like ``nn.TransformerEncoder``)."""
+
+    def __init__(self, cfg: ModelConfig, num_layers: int | None = None):
+        super().__init__()
+        spec = cfg.layer_spec(decoder=False)
+        n_layers = cfg.num_encoder_layers if num_layers is None else num_layers
+        self.layers = nn.ModuleList(EncoderLayer(spec) for _ in range(n_layers))
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.uses_final_norm else None
+        self.rel_bias = T5RelativeBias(cfg.num_heads, bidirectional=True) if cfg.positional == "t5" else None
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, need_weights: bool = False,
+                causal: bool = False) -> tuple[Tensor, list[Tensor | None]]:
+        """x (b, m, c); mask True = may attend, e.g. :func:`key_mask` of the padding."""
+        bias = self.rel_bias(x.shape[1], x.shape[1], x.device) if self.rel_bias is not None else None
+        weights = []
+        for layer in self.layers:
+            x, w = layer(x, mask=mask, bias=bias, causal=causal, need_weights=need_weights)
+            weights.append(w)
+        return (self.norm(x) if self.norm is not None else x), weights
+
+
+@dataclass
+class DecoderCache:
+    """Per-layer key/value caches plus how many target positions were already processed."""
+
+    layers: list[DecoderLayerCache]
+    offset: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def reorder(self, index: Tensor) -> None:
+        for c in self.layers:
+            c.self_attn.reorder(index)
+            c.cross_attn.reorder(index)
+        for key, value in list(self.extra.items()):
+            if isinstance(value, Tensor):
+                self.extra[key] = value.index_select(0, index)
+
+
+class Decoder(nn.Module):
+    """A stack of decoder layers (like ``nn.TransformerDecoder``); without cross-attention for LMs."""
+
+    def __init__(self, cfg: ModelConfig, *, cross_attention: bool = True):
+        super().__init__()
+        spec = cfg.layer_spec(decoder=True)
+        self.layers = nn.ModuleList(
+            DecoderLayer(spec, cross_attention=cross_attention) for _ in range(cfg.num_decoder_layers)
+        )
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.uses_final_norm else None
+        self.rel_bias = T5RelativeBias(cfg.num_heads, bidirectional=False) if cfg.positional == "t5" else None
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache([DecoderLayerCache(KVCache(), KVCache()) for _ in self.layers])
+
+    def forward(
+        self, x: Tensor, memory: Tensor | None = None, *, self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None, cache: DecoderCache | None = None, need_weights: bool = False,
+    ) -> tuple[Tensor, list[tuple[Tensor | None, Tensor | None]]]:
+        """x (b, n, c) embedded targets; memory (b, m, c). With ``cache``, x holds only new positions."""
+        n = x.shape[1]
+        past = cache.offset if cache is not None else 0
+        bias = self.rel_bias(n, past + n, x.device) if self.rel_bias is not None else None
+        weights = []
+        for i, layer in enumerate(self.layers):
+            x, w = layer(x, memory, self_mask=self_mask, memory_mask=memory_mask, bias=bias,
+                         cache=cache.layers[i] if cache is not None else None, need_weights=need_weights)
+            weights.append(w)
+        if cache is not None:
+            cache.offset += n
+        return (self.norm(x) if self.norm is not None else x), weights
+
+
+def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """Xavier-uniform matrices (as nn.Transformer), zero biases, N(0, c^-1/2) embeddings.
+
+    With embeddings scaled by sqrt(c) (§3.4) a c^-1/2 init gives unit-scale inputs and a
+    well-scaled tied output projection.
+    """
+    std = cfg.d_model**-0.5 if cfg.scale_embeddings else 0.02
+    for name, p in model.named_parameters():
+        if name.endswith("token.weight"):
+            nn.init.normal_(p, 0.0, std)
+        elif name.endswith(".bias") and "norm" not in name:
+            nn.init.zeros_(p)
+        elif p.dim() == 2 and "positions" not in name and "rel_bias" not in name:
+            nn.init.xavier_uniform_(p)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct trainable parameters (tied matrices counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total

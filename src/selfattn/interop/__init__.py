@@ -1,0 +1,1 @@
+"""Interoperability: weights from PyTorch's nn modules and from pretrained Hugging Face checkpoints."""

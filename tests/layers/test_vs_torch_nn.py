@@ -184,3 +184,25 @@ def test_copy_rejects_mismatched_shapes():
         copy_mha_from_torch(selfattn.MultiHeadAttention(D, 2), theirs)
     with pytest.raises(ValueError, match="shape mismatch"):
         copy_mha_from_torch(selfattn.MultiHeadAttention(2 * D, H), theirs)
+
+
+def test_grouped_query_attention_equals_mha_with_repeated_kv_weights():
+    """GQA with g kv heads is MHA whose k/v projections repeat each kv head for its query group."""
+    torch.manual_seed(6)
+    h, g = 4, 2
+    ours = selfattn.MultiHeadAttention(D, h, g).double().eval()
+    theirs = nn.MultiheadAttention(D, h, batch_first=True, dtype=torch.float64).eval()
+    d = D // h
+    with torch.no_grad():
+        def repeat_heads(w):  # (g*d, ...) -> (h*d, ...): kv head i serves query heads i*h/g ...
+            return w.view(g, d, *w.shape[1:]).repeat_interleave(h // g, 0).reshape(h * d, *w.shape[1:])
+        theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, repeat_heads(ours.k_proj.weight),
+                                               repeat_heads(ours.v_proj.weight)]))
+        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, repeat_heads(ours.k_proj.bias),
+                                             repeat_heads(ours.v_proj.bias)]))
+        theirs.out_proj.weight.copy_(ours.out_proj.weight)
+        theirs.out_proj.bias.copy_(ours.out_proj.bias)
+    x = torch.randn(2, 7, D, dtype=torch.float64)
+    out, _ = ours(x, causal=True)
+    ref, _ = theirs(x, x, x, attn_mask=torch_causal(7), need_weights=False)
+    torch.testing.assert_close(out, ref, **TOL)

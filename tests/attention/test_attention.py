@@ -266,3 +266,32 @@ def test_error_message_contents():
     with pytest.raises(ValueError) as e:
         selfattn.attention(q[:, :3], k, v)
     assert "Hq=3" in str(e.value) and "Hkv=2" in str(e.value)
+
+
+def rounding_bound(ref, ref_rounded, dtype, m, d):
+    """Error allowed for a low-precision backend: the float64 result's own change when inputs are
+    rounded to ``dtype``, plus one output rounding and sqrt(m + d)-growth accumulation in ``dtype``."""
+    eps = torch.finfo(dtype).eps
+    return (ref - ref_rounded).abs().max().item() + ref.abs().max().item() * eps * (2 + math.sqrt(m + d))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]), g=st.integers(1, 2), groups=st.integers(1, 3),
+    n=st.integers(1, 40), m=st.integers(1, 40), d=st.sampled_from([8, 16, 64]), causal=st.booleans(),
+    padded=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_property_low_precision_within_derived_bound(dtype, g, groups, n, m, d, causal, padded, seed):
+    h = g * groups
+    q, k, v = make_qkv(b=1, h=h, g=g, n=n, m=m, d=d, e=d, seed=seed)
+    mask = None
+    if padded:
+        mask = torch.rand(1, 1, 1, m, generator=torch.Generator().manual_seed(seed)) > 0.3
+    ref, _ = reference(q, k, v, mask=mask, causal=causal)
+    lo = [t.to(dtype) for t in (q, k, v)]
+    ref_rounded, _ = reference(*lo, mask=mask, causal=causal)
+    bound = rounding_bound(ref, ref_rounded, dtype, m, d)
+    for backend in CPU_BACKENDS:
+        out = selfattn.attention(*lo, mask=mask, causal=causal, backend=backend)
+        assert out.dtype == dtype and not out.isnan().any()
+        assert (out.double() - ref).abs().max().item() <= bound, backend

@@ -295,3 +295,12 @@ def test_property_low_precision_within_derived_bound(dtype, g, groups, n, m, d, 
         out = selfattn.attention(*lo, mask=mask, causal=causal, backend=backend)
         assert out.dtype == dtype and not out.isnan().any()
         assert (out.double() - ref).abs().max().item() <= bound, backend
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_empty_queries_and_keys(backend):
+    q, k, v = make_qkv(n=0, m=4, dtype=torch.float32)
+    assert selfattn.attention(q, k, v, backend=backend).shape == (2, 4, 0, 6)
+    q, k, v = make_qkv(n=3, m=0, dtype=torch.float32)
+    out = selfattn.attention(q, k, v, backend=backend)
+    assert torch.equal(out, torch.zeros(2, 4, 3, 6))

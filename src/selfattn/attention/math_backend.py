@@ -28,6 +28,8 @@ def masked_softmax(scores: Tensor, allowed: Tensor | None) -> Tensor:
     """
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
+    if scores.shape[-1] == 0:  # no keys at all: every row attends nothing
+        return scores
     row_max = scores.amax(dim=-1, keepdim=True)  # (..., n, 1)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).detach()
     p = torch.exp(scores - row_max)  # exp(-inf) = 0 for forbidden keys

@@ -57,7 +57,13 @@ class MultiHeadAttention(nn.Module):
         alibi: add ALiBi's per-head linear distance penalty (self-attention only).
         window: (left, right) sliding window in key positions, or None for full attention.
         backend: attention backend name for :func:`selfattn.attention` ("auto" picks).
+
+    ``observer``: optional callable, called as ``observer(self, q, k, mask=, causal=, window=,
+    alibi_slopes=)`` right before each :func:`selfattn.attention` call with exactly what it gets
+    (q and k after RoPE and the cache). :mod:`selfattn.inspect.capture` uses it; None = no cost.
     """
+
+    observer = None  # see the class docstring; set per instance by selfattn.inspect
 
     def __init__(
         self, d_model: int, num_heads: int, num_kv_heads: int | None = None, *, bias: bool = True,
@@ -121,6 +127,10 @@ class MultiHeadAttention(nn.Module):
             if mask is not None:  # fold a boolean mask into the additive bias
                 bias = bias.masked_fill(~mask, float("-inf"))
             mask = bias
+        if self.observer is not None:  # selfattn.inspect: sees q, k and every mask attention() sees
+            self.observer(self, q, k, mask=mask, causal=causal and context is None,
+                          window=self.window if context is None else None,
+                          alibi_slopes=self.alibi_slopes if context is None else None)
         result = attention(
             q, k, v, mask=mask, causal=causal and context is None,
             dropout_p=self.dropout if self.training else 0.0,

@@ -1,0 +1,179 @@
+"""Decoding: the cache against the full forward, beam 1 against greedy, a full-width beam against brute force,
+sampling filters against their definitions, and batches of different lengths against one-by-one decoding."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import selfattn
+from selfattn.generation import beam_search, filter_logits, greedy, length_penalty, sample
+
+PAD, BOS, EOS = 0, 1, 2
+
+
+def _encdec(dtype=torch.float32, vocab=12, seed=0):
+    torch.manual_seed(seed)
+    cfg = selfattn.preset("tiny", vocab_size=vocab, d_model=32, d_ff=64, num_heads=4, dropout=0.0)
+    return selfattn.build_model(cfg).to(dtype).eval()
+
+
+def _lm(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    cfg = selfattn.preset("char-lm", vocab_size=20, d_model=32, d_ff=64, num_decoder_layers=2)
+    return selfattn.build_model(cfg).to(dtype).eval()
+
+
+def _full_logits_encdec(model, src, out_tokens):
+    """Uncached teacher-forced logits at every generated position (the reference)."""
+    tgt = torch.tensor([[BOS, *out_tokens[:-1]]])
+    return model(src, tgt)[0]  # (n, V)
+
+
+@pytest.mark.parametrize("kind", ["encdec", "lm"])
+def test_cached_step_logits_equal_full_forward_float64(kind):
+    eps = torch.finfo(torch.float64).eps
+    if kind == "encdec":
+        model = _encdec(torch.float64)
+        src = torch.tensor([[5, 6, 7, 8, 9]])
+        cache, (memory, mask, _) = model.new_cache(), model.encode(src)
+        tgt = torch.tensor([[BOS, 4, 9, 3, 7, 11, 5]])
+        steps = torch.cat([model.decode(tgt[:, i : i + 1], memory, mask, cache=cache)[0] for i in range(7)], 1)
+        full = model(src, tgt)
+    else:
+        model = _lm(torch.float64)
+        x = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 1]])
+        cache = model.new_cache()
+        steps = torch.cat([model(x[:, :3], cache=cache)] + [model(x[:, i : i + 1], cache=cache) for i in range(3, 8)], 1)
+        full = model(x)
+    steps, full = steps.detach(), full.detach()
+    # a few hundred float64 roundings per logit (layers x width); 1e4·eps leaves room for reassociation
+    torch.testing.assert_close(steps, full, rtol=0, atol=1e4 * eps * float(full.abs().max()))
+
+
+def test_greedy_cached_equals_uncached_and_full_forward_argmax():
+    model = _encdec()
+    src = torch.tensor([[5, 6, 7, 8], [9, 4, 4, 3]])
+    a = greedy(model, src=src, max_new_tokens=12, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD)
+    b = greedy(model, src=src, max_new_tokens=12, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD, use_cache=False)
+    assert a == b
+    for i, out in enumerate(a):  # each chosen token is the argmax of the full forward (pad/bos banned)
+        logits = _full_logits_encdec(model, src[i : i + 1], out)
+        logits[:, [PAD, BOS]] = float("-inf")
+        assert logits.argmax(-1).tolist() == out
+
+
+def test_lm_greedy_cached_equals_uncached():
+    model = _lm()
+    prompt = torch.tensor([[3, 4, 5], [7, 7, 1]])
+    a = greedy(model, prompt=prompt, max_new_tokens=20)
+    b = greedy(model, prompt=prompt, max_new_tokens=20, use_cache=False)
+    assert a == b and all(len(x) == 20 for x in a)
+
+
+def test_batched_different_lengths_equal_one_by_one():
+    model = _encdec()
+    srcs = [[5, 6, 7], [8, 9, 10, 11, 4], [3]]
+    batched = greedy(model, src=srcs, max_new_tokens=8, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD)
+    single = [greedy(model, src=[s], max_new_tokens=8, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD)[0]
+              for s in srcs]
+    assert batched == single
+    lm = _lm()
+    prompts = [[3, 4], [5, 6, 7, 8], [9]]
+    batched = greedy(lm, prompt=prompts, max_new_tokens=6)
+    assert batched == [greedy(lm, prompt=[p], max_new_tokens=6)[0] for p in prompts]
+
+
+def test_beam_size_one_equals_greedy():
+    model = _encdec(seed=3)
+    src = [[5, 6, 7, 8], [9, 10, 3]]
+    g = greedy(model, src=src, max_new_tokens=10, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD)
+    b = beam_search(model, src=src, beam_size=1, max_new_tokens=10, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD)
+    assert [h[0].tokens for h in b] == g
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.5])
+def test_full_width_beam_finds_brute_force_best(alpha):
+    """Vocabulary {pad, bos, eos, 3, 4}: outputs are sequences over {eos, 3, 4} ending in eos or at length 4."""
+    model = _encdec(torch.float64, vocab=5, seed=1)
+    src = torch.tensor([[3, 4, 4, 3]])
+    max_len = 4
+    with torch.no_grad():
+        memory, mask, _ = model.encode(src)
+    memory, mask, _ = model.encode(src)
+
+    @torch.no_grad()
+    def score(seq):
+        tgt = torch.tensor([[BOS, *seq[:-1]]])
+        logp = model.decode(tgt, memory, mask)[0][0].log_softmax(-1)  # (n, V)
+        lp = sum(float(logp[i, t]) for i, t in enumerate(seq))
+        return lp / length_penalty(len(seq), alpha), lp
+
+    candidates = []
+    for n in range(1, max_len + 1):
+        for body in itertools.product([3, 4], repeat=n - 1):
+            candidates.append([*body, EOS])
+        if n == max_len:
+            candidates += [list(t) for t in itertools.product([3, 4], repeat=n)]
+    ranked = sorted(candidates, key=lambda s: -score(s)[0])
+    hyps = beam_search(model, src=src, beam_size=16, max_new_tokens=max_len, length_alpha=alpha,
+                       early_stopping=False, num_return=3, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD)[0]
+    assert [h.tokens for h in hyps] == ranked[:3]
+    for h in hyps:
+        s, lp = score(h.tokens)
+        assert math.isclose(h.logprob, lp, rel_tol=1e-9) and math.isclose(h.score, s, rel_tol=1e-9)
+
+
+def test_beam_cached_equals_uncached():
+    model = _encdec(seed=2)
+    kw = dict(src=[[5, 6, 7], [8, 9]], beam_size=3, max_new_tokens=8, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD,
+              num_return=3)
+    a, b = beam_search(model, **kw), beam_search(model, use_cache=False, **kw)
+    assert [[h.tokens for h in x] for x in a] == [[h.tokens for h in x] for x in b]
+
+
+def test_filter_logits_matches_definitions():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 30)
+    k = filter_logits(logits, top_k=5)
+    for row, orig in zip(k, logits):
+        kept = set(torch.isfinite(row).nonzero().flatten().tolist())
+        assert kept == set(orig.topk(5).indices.tolist())
+    p = filter_logits(logits, top_p=0.7)
+    for row, orig in zip(p, logits):
+        probs = orig.softmax(-1)
+        order = probs.argsort(descending=True).tolist()
+        need, mass = [], 0.0  # smallest prefix of the sorted tokens whose mass reaches 0.7
+        for t in order:
+            need.append(t)
+            mass += float(probs[t])
+            if mass >= 0.7:
+                break
+        assert set(torch.isfinite(row).nonzero().flatten().tolist()) == set(need)
+
+
+def test_sampling_top_k_one_is_greedy_and_seeded_sampling_repeats():
+    model = _lm()
+    prompt = torch.tensor([[3, 4, 5]])
+    assert sample(model, prompt=prompt, max_new_tokens=10, top_k=1) == greedy(model, prompt=prompt, max_new_tokens=10)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    a = sample(model, prompt=prompt, max_new_tokens=10, temperature=1.5, top_p=0.9, generator=g1)
+    b = sample(model, prompt=prompt, max_new_tokens=10, temperature=1.5, top_p=0.9, generator=g2)
+    assert a == b
+
+
+def test_stop_tokens_end_rows_and_bad_arguments_raise():
+    model = _lm()
+    out = greedy(model, prompt=torch.tensor([[3, 4, 5]]), max_new_tokens=30)
+    stop = out[0][2]
+    stopped = greedy(model, prompt=torch.tensor([[3, 4, 5]]), max_new_tokens=30, stop_tokens=(stop,))
+    assert stopped[0] == out[0][: out[0].index(stop) + 1]
+    with pytest.raises(ValueError, match="exactly one"):
+        greedy(model, max_new_tokens=3)
+    with pytest.raises(ValueError, match="temperature"):
+        sample(model, prompt=torch.tensor([[3]]), temperature=0)
+    with pytest.raises(ValueError, match="beam_size"):
+        beam_search(model, prompt=torch.tensor([[3]]), beam_size=2, num_return=3)

@@ -1,0 +1,36 @@
+"""``selfattn evaluate``: loss, token accuracy and exact match of a trained run on its task's held-out split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = """Evaluate a run directory on its own task (rebuilt from config.json).
+
+examples:
+  selfattn evaluate --checkpoint runs/rev                  # val loss, accuracy, exact match (greedy)
+  selfattn evaluate --checkpoint runs/rev --average-last 3 # the average of the last 3 checkpoints
+Prints one JSON object."""
+
+
+def run(args) -> int:
+    from ..data import task_from_spec
+    from ..training import evaluate
+    from ..training.run import load_run
+
+    model, _, config = load_run(args.checkpoint, step=args.step, average_last=args.average_last)
+    task = task_from_spec(config["task"])
+    metrics = evaluate(model, task, args.split, batch_size=args.batch_size)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, **metrics}))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="held-out loss / accuracy / exact match of a trained run",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="run directory written by `selfattn train`")
+    p.add_argument("--step", type=int, help="use this checkpoint step (default: the latest)")
+    p.add_argument("--average-last", type=int, default=0, metavar="K", help="average the last K checkpoints")
+    p.add_argument("--split", default="val", choices=("val",), help="which split (default val)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=run)

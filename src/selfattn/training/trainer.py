@@ -1,0 +1,247 @@
+"""The Trainer: the paper's recipe (§5.3–5.4) with exact resume and DDP.
+
+Legend: b batch, n target length, V vocabulary.
+
+Usage (any task with the interface of :mod:`selfattn.data.tasks`)::
+
+    task = SyntheticTask("reverse")
+    model = build_model(preset("tiny", **task.model_overrides()))
+    result = Trainer(model, task, TrainConfig(steps=500), "runs/rev").fit()
+
+One optimizer step = ``accum_steps`` micro-batches of ``batch_size`` sequences (global, over all ranks).
+Micro-batch ``k`` of step ``s`` is ``task.batch("train", s * accum_steps + k, batch_size)``; under DDP each
+rank takes rows ``rank::world`` of it. The loss is the token-sum divided by the number of target tokens
+of the whole step (all ranks, all micro-batches), times ``world`` because DDP averages gradients: the
+gradient then equals one process training on the same global batch.
+Checkpoints (rank 0 only) hold everything needed to continue bit-exactly (see ``checkpoint``).
+Evaluation: ``task.evaluate(model, split)`` when the task defines it (e.g. BLEU), else :func:`evaluate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..data.tasks import Batch
+from . import checkpoint as ckpt_io
+from .config import TrainConfig
+from .evaluate import evaluate
+from .loss import smoothed_cross_entropy
+from .metrics import MetricsLog, plot_losses
+from .optim import build_optimizer, lr_at
+
+
+def forward_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Teacher-forced logits (b, n, V) for a seq2seq or LM batch."""
+    if batch.src is None:
+        return model(batch.tgt_in)
+    return model(batch.src, batch.tgt_in)
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, or (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float] = field(default_factory=list)  # training loss of each step run by this call
+    evals: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+    run_dir: Path | None = None
+    seconds: float = 0.0
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, task, cfg: TrainConfig, run_dir: str | Path | None = None, *,
+                 device: str | torch.device = "cpu", extra_config: dict | None = None):
+        self.task, self.cfg = task, cfg
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.model_cfg = getattr(model, "cfg", None)
+        self.rank, self.world = world()
+        if cfg.batch_size < self.world:
+            raise ValueError(f"batch_size ({cfg.batch_size}) must be >= the number of processes ({self.world})")
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.ckpt_root = self.run_dir / "checkpoints" if self.run_dir else None
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.train_model: nn.Module = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.step = 0
+        self.best = math.inf  # best validation loss (early stopping)
+        self.bad_evals = 0
+        self.extra_config = extra_config or {}
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl" if self.run_dir and self.rank == 0 else None)
+
+    # -- run directory ----------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        d = {"format": ckpt_io.FORMAT, "train": self.cfg.to_dict(), **self.extra_config}
+        if self.model_cfg is not None:
+            d["model"] = self.model_cfg.to_dict()
+        if hasattr(self.task, "spec"):
+            d["task"] = self.task.spec()
+            d["vocab"] = self.task.vocab.to_dict()
+        return d
+
+    def save(self) -> Path | None:
+        if self.ckpt_root is None or self.rank != 0:
+            return None
+        state = {"data_position": self.step * self.cfg.accum_steps, "best": self.best,
+                 "bad_evals": self.bad_evals}
+        return ckpt_io.save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, state,
+                                       keep_last=self.cfg.keep_last)
+
+    def resume(self, ckpt: str | Path | None = None) -> bool:
+        """Restore the latest (or given) checkpoint; False when there is none yet."""
+        if ckpt is None:
+            if self.ckpt_root is None:
+                return False
+            ckpt_io.clean_partial(self.ckpt_root)
+            ckpt = ckpt_io.latest_checkpoint(self.ckpt_root)
+            if ckpt is None:
+                return False
+        state = ckpt_io.load_checkpoint(ckpt, self.model, self.optimizer)
+        self.step, self.best, self.bad_evals = state["step"], state["best"], state["bad_evals"]
+        return True
+
+    # -- one optimizer step ---------------------------------------------------------------------------
+    def _micro_batches(self) -> list[Batch]:
+        k0 = self.step * self.cfg.accum_steps
+        return [self.task.batch("train", k0 + k, self.cfg.batch_size) for k in range(self.cfg.accum_steps)]
+
+    def train_step(self) -> tuple[float, int]:
+        """One optimizer step; returns (mean token loss over the global batch, tokens processed here)."""
+        cfg, model = self.cfg, self.train_model
+        model.train()
+        lr = lr_at(self.step, cfg, self.model_cfg.d_model if self.model_cfg else 512)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        micro = self._micro_batches()
+        total_targets = sum(b.num_targets for b in micro)  # whole global step, all ranks
+        loss_sum, tokens = torch.zeros((), dtype=torch.float64), 0
+        for k, batch in enumerate(micro):
+            local = batch.rows(slice(self.rank, None, self.world)).to(self.device)
+            sync = k == len(micro) - 1 or self.world == 1
+            ctx = contextlib.nullcontext() if sync else model.no_sync()
+            with ctx:  # DDP all-reduces gradients only on the last micro-batch
+                with autocast(self.device, cfg.amp):
+                    logits = forward_logits(model, local)  # (b, n, V)
+                loss = smoothed_cross_entropy(logits, local.tgt_out, cfg.label_smoothing)
+                (loss * (self.world / max(total_targets, 1))).backward()
+            loss_sum += loss.detach().double().cpu()
+            tokens += local.tgt_in.numel() + (local.src.numel() if local.src is not None else 0)
+        if cfg.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.world > 1:
+            dist.all_reduce(loss_sum)
+        return float(loss_sum) / max(total_targets, 1), tokens * self.world
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    def evaluate(self, split: str = "val") -> dict:
+        if hasattr(self.task, "evaluate"):
+            return self.task.evaluate(self.model, split)
+        return evaluate(self.model, self.task, split, batch_size=self.cfg.eval_batch_size, amp=self.cfg.amp,
+                        device=self.device)
+
+    def _after_eval(self, metrics: dict) -> bool:
+        """Update early-stopping state; True = stop."""
+        cfg = self.cfg
+        if metrics["loss"] < self.best:
+            self.best, self.bad_evals = metrics["loss"], 0
+        else:
+            self.bad_evals += 1
+        if cfg.target_exact_match and metrics.get("exact_match", 0.0) >= cfg.target_exact_match:
+            return True
+        return bool(cfg.early_stop_patience) and self.bad_evals >= cfg.early_stop_patience
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def fit(self, *, resume: bool = False, max_steps: int | None = None) -> TrainResult:
+        """Train until ``cfg.steps`` (or early stop). ``max_steps`` stops this call sooner (tests, budgets)."""
+        cfg = self.cfg
+        if resume:
+            self.resume()
+        if self.run_dir is not None and self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt_io.atomic_write_json(self.run_dir / "config.json", self.config_dict())
+        result = TrainResult(step=self.step, run_dir=self.run_dir)
+        end = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
+        bar = self._progress(end)
+        t0, tokens_window, t_window = time.perf_counter(), 0, time.perf_counter()
+        while self.step < end:
+            loss, tokens = self.train_step()
+            result.losses.append(loss)
+            tokens_window += tokens
+            if self.step % cfg.log_every == 0 or self.step == end:
+                now = time.perf_counter()
+                tok_s = tokens_window / max(now - t_window, 1e-9)
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.log.write({"step": self.step, "loss": loss, "lr": lr, "tok_s": tok_s,
+                                "time": now - t0})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                tokens_window, t_window = 0, now
+            if bar is not None:
+                bar.update(1)
+            stop = False
+            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == end):
+                metrics = self.evaluate()
+                result.evals.append({"step": self.step, **metrics})
+                self.log.write({"step": self.step, "split": "val", **metrics,
+                                "time": time.perf_counter() - t0})
+                stop = self._after_eval(metrics)
+                if bar is not None:
+                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end or stop:
+                self.save()
+            if stop:
+                result.stopped_early = True
+                break
+        if bar is not None:
+            bar.close()
+        result.step, result.seconds = self.step, time.perf_counter() - t0
+        if self.run_dir is not None and self.rank == 0:
+            plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        return result
+
+    def _progress(self, end: int):
+        if not self.cfg.progress or self.rank != 0:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """The JSON config of a run directory, with a one-line error when it is not one."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory (no config.json); "
+                                "expected the directory `selfattn train` wrote")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None

@@ -182,7 +182,10 @@ def load_weights(model: nn.Module, ckpt: str | Path) -> None:
     path = Path(ckpt) / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{str(ckpt)!r} has no model.safetensors")
-    missing, unexpected = load_model(model, str(path), strict=False)
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"checkpoint {str(ckpt)!r} does not match the model: {str(e).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise ValueError(f"checkpoint {str(ckpt)!r} does not match the model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
@@ -222,7 +225,10 @@ def average_checkpoints(ckpts: list[str | Path]) -> dict[str, torch.Tensor]:
 
 def load_state_into(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
     """Load a safetensors-style state dict (tied matrices stored once) into ``model``."""
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"weights do not match the model: {str(e).splitlines()[-1].strip()}") from None
     tied = {name for name in missing if _is_tied(model, name, sd)}
     if set(missing) - tied or unexpected:
         raise ValueError(f"weights do not match the model: missing {sorted(set(missing) - tied)[:5]}, "

@@ -1,0 +1,114 @@
+"""The recipe's pieces against their definitions: schedules, label smoothing, accumulation, overrides."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import selfattn
+from selfattn.training import Trainer, TrainConfig, apply_overrides, cosine_lr, lr_at, noam_lr, smoothed_cross_entropy
+from selfattn.training.metrics import read_metrics
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import PoolTask, tiny_model  # noqa: E402
+
+
+def test_noam_schedule_matches_the_paper_formula():
+    d, w = 512, 4000
+    for step in (1, 10, 3999, 4000, 4001, 10**5):
+        assert noam_lr(step, d, w) == pytest.approx(d**-0.5 * min(step**-0.5, step * w**-1.5), rel=1e-12)
+    peak = max(noam_lr(s, d, w) for s in range(1, 20000, 7))
+    assert peak == pytest.approx(noam_lr(w, d, w), rel=1e-3) and noam_lr(w, d, w) == pytest.approx((d * w) ** -0.5)
+    cfg = TrainConfig(schedule="noam", warmup_steps=w, lr=2.0)
+    assert lr_at(0, cfg, d) == pytest.approx(2.0 * noam_lr(1, d, w))  # step s uses the (s+1)-th value
+
+
+def test_cosine_schedule_endpoints_and_monotone_decay():
+    peak, w, total = 1e-3, 10, 110
+    assert cosine_lr(0, peak, w, total, 0.1) == pytest.approx(peak / w)
+    assert cosine_lr(w - 1, peak, w, total, 0.1) == pytest.approx(peak)
+    assert cosine_lr(w, peak, w, total, 0.1) == pytest.approx(peak)
+    assert cosine_lr(w + 50, peak, w, total, 0.1) == pytest.approx(peak * (0.1 + 0.9 * 0.5))
+    assert cosine_lr(total, peak, w, total, 0.1) == pytest.approx(0.1 * peak)
+    values = [cosine_lr(s, peak, w, total, 0.1) for s in range(w, total + 1)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_label_smoothed_loss_equals_its_definition_in_float64():
+    torch.manual_seed(0)
+    V, eps = 7, 0.1
+    logits = torch.randn(2, 5, V, dtype=torch.float64)
+    targets = torch.randint(0, V, (2, 5))
+    targets[1, 3:] = -100
+    logp = logits.log_softmax(-1)
+    ref = 0.0
+    for i in range(2):
+        for j in range(5):
+            t = int(targets[i, j])
+            if t == -100:
+                continue
+            q = torch.full((V,), eps / V, dtype=torch.float64)
+            q[t] += 1 - eps
+            ref += float(-(q * logp[i, j]).sum())
+    got = smoothed_cross_entropy(logits.float(), targets, eps)
+    assert float(got) == pytest.approx(ref, rel=64 * torch.finfo(torch.float32).eps)
+    with pytest.raises(ValueError, match="disagree"):
+        smoothed_cross_entropy(logits, targets[:, :4], eps)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    task = PoolTask()
+    common = dict(steps=2, schedule="constant", lr=0.1, eps=1.0, clip_grad_norm=0.0, eval_every=0, ckpt_every=0,
+                  progress=False)
+    a, b = tiny_model(task), tiny_model(task)
+    la = Trainer(a, task, TrainConfig(batch_size=8, accum_steps=2, **common)).fit().losses
+    lb = Trainer(b, task, TrainConfig(batch_size=16, accum_steps=1, **common)).fit().losses
+    eps32 = torch.finfo(torch.float32).eps
+    assert la == pytest.approx(lb, rel=1e3 * eps32)
+    # rounding of the reordered sums, relative to the largest weight (biases start at 0, so per-tensor
+    # scales would be meaningless)
+    scale = max(float(q.detach().abs().max()) for q in b.parameters())
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=100 * eps32 * scale)
+
+
+def test_training_learns_and_writes_metrics_and_png(tmp_path):
+    task = PoolTask(pool_size=64)
+    cfg = TrainConfig(steps=30, batch_size=16, schedule="cosine", lr=3e-3, warmup_steps=5, eval_every=15,
+                      log_every=5, progress=False, amp="bf16")
+    result = Trainer(tiny_model(task), task, cfg, tmp_path).fit()
+    assert result.evals[-1]["loss"] < result.evals[0]["loss"]
+    assert sum(result.losses[-5:]) < sum(result.losses[:5])
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records if "split" not in r] == [5, 10, 15, 20, 25, 30]
+    assert all({"loss", "lr", "tok_s"} <= r.keys() for r in records if "split" not in r)
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_early_stopping_stops_after_patience():
+    task = PoolTask(pool_size=16)
+    cfg = TrainConfig(steps=200, batch_size=8, schedule="constant", lr=1e-9, eval_every=2, early_stop_patience=2,
+                      ckpt_every=0, progress=False, label_smoothing=0.0)
+    result = Trainer(tiny_model(task), task, cfg).fit()
+    assert result.stopped_early and result.step < 20
+
+
+def test_overrides_and_config_errors():
+    m, t = apply_overrides(selfattn.preset("tiny"), TrainConfig(), ["d_model=128", "lr=0.5", "amp=bf16",
+                                                                    "train.compile=true", "model.dropout=0.2"])
+    assert (m.d_model, t.lr, t.amp, t.compile, m.dropout) == (128, 0.5, "bf16", True, 0.2)
+    with pytest.raises(ValueError, match="not a unique field"):
+        apply_overrides(m, t, ["nope=1"])
+    with pytest.raises(ValueError, match="expected a int"):
+        apply_overrides(m, t, ["steps=ten"])
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(m, t, ["steps"])
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    assert math.isfinite(TrainConfig().lr)

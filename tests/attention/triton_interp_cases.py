@@ -1,0 +1,153 @@
+"""Backend "triton" run through Triton's interpreter on CPU, against the math backend in float64.
+
+Not collected by the ordinary run (no ``test_`` prefix): ``test_triton.py`` runs this module in a
+fresh subprocess, because ``TRITON_INTERPRET=1`` must be set before Triton decorates the kernels
+and must not leak into the other tests of the main pytest process.
+
+Legend: b batch, h query heads, g kv heads, n queries, m keys, d q/k head dim, e v head dim.
+Mask convention: True = may attend; causal and windows bottom-right aligned.
+
+Tolerances are derived, as in test_attention.py: the float64 reference's own change when its
+inputs are rounded to the tested dtype, plus one output rounding and a sqrt(reduction length)
+growth of accumulation error in that dtype. Gradients reduce over n·groups + m + d + e terms.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton's jit
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if "selfattn.attention.triton_kernels" in sys.modules:  # pragma: no cover - misuse guard
+    pytest.skip("kernels already imported without the interpreter", allow_module_level=True)
+pytest.importorskip("triton", reason="triton is not installed (pip install 'selfattn[gpu]')")
+
+import selfattn  # noqa: E402
+from selfattn.attention import explain_backend  # noqa: E402
+from selfattn.attention import triton_kernels as tk  # noqa: E402
+from selfattn.attention.math_backend import math_attention  # noqa: E402
+
+
+def test_kernels_are_interpreted():
+    from triton.runtime.interpreter import InterpretedFunction
+
+    assert tk.INTERPRET and isinstance(tk.attn_fwd, InterpretedFunction)
+
+
+def make(b, h, g, n, m, d, e, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, n, d, generator=gen, dtype=torch.float64)  # (b, h, n, d)
+    k = torch.randn(b, g, m, d, generator=gen, dtype=torch.float64)  # (b, g, m, d)
+    v = torch.randn(b, g, m, e, generator=gen, dtype=torch.float64)  # (b, g, m, e)
+    do = torch.randn(b, h, n, e, generator=gen, dtype=torch.float64)  # (b, h, n, e)
+    return q, k, v, do
+
+
+def run(backend, q, k, v, do, kwargs):
+    """Output and (dq, dk, dv) of one backend, in the inputs' dtype."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    if backend == "math":
+        out, _ = math_attention(*leaves, **kwargs)
+    else:
+        out = selfattn.attention(*leaves, backend=backend, **kwargs)
+    out.backward(do)
+    return out.detach(), [t.grad for t in leaves]
+
+
+def bound(ref: torch.Tensor, ref_rounded: torch.Tensor, dtype, terms: int, magnitude: float = 0.0) -> float:
+    """Rounding of the inputs + accumulation in ``dtype`` over ``terms`` summands of size at most
+    ``max(|ref|, magnitude)`` (``magnitude`` covers cancelling sums, e.g. dS = P (dP - delta))."""
+    eps = torch.finfo(dtype).eps
+    size = max(ref.abs().max().item(), magnitude)
+    return (ref - ref_rounded).abs().max().item() + size * eps * (2 + math.sqrt(terms))
+
+
+def check(dtype, b, h, g, n, m, d, e, kwargs, seed=0):
+    q, k, v, do = make(b, h, g, n, m, d, e, seed)
+    ref, ref_grads = run("math", q, k, v, do, kwargs)  # float64 reference
+    low = [t.to(dtype) for t in (q, k, v, do)]
+    ref_r, ref_r_grads = run("math", *(t.double() for t in low), kwargs)  # reference of rounded inputs
+    out, grads = run("triton", *low, kwargs)
+    assert out.dtype == dtype and not out.isnan().any()
+    err = (out.double() - ref).abs().max().item()
+    assert err <= bound(ref, ref_r, dtype, m + d), f"output error {err:.3g}"
+    terms = n * (h // g) + m + d + e
+    # dq, dk sum P (dP - delta) k (resp. q): summands scale * |dO| |V| |K| before they cancel.
+    scale = kwargs.get("scale", d**-0.5)
+    summand = scale * do.abs().max() * v.abs().max() * max(q.abs().max(), k.abs().max())
+    for name, gr, rg, rrg in zip("qkv", grads, ref_grads, ref_r_grads):
+        assert gr.dtype == dtype and not gr.isnan().any(), name
+        gerr = (gr.double() - rg).abs().max().item()
+        mag = summand.item() if name in "qk" else 0.0
+        assert gerr <= bound(rg, rrg, dtype, terms, mag), f"d{name} error {gerr:.3g}"
+
+
+def pad_mask(b, m, seed, p_keep=0.7):
+    gen = torch.Generator().manual_seed(seed + 1)
+    return torch.rand(b, 1, 1, m, generator=gen) < p_keep  # (b, 1, 1, m), True = may attend
+
+
+# (b, h, g, n, m, d, e, kwargs): tiles are 16 x 16 under the interpreter, so n, m in {17, 64}
+# span several blocks with a ragged last one, and causal / window skip whole blocks.
+CASES = {
+    "plain n=m=17": (2, 2, 2, 17, 17, 16, 16, {}),
+    "causal gqa 64": (1, 4, 2, 64, 64, 32, 32, dict(causal=True)),
+    "causal+padding n<m": (2, 2, 1, 17, 64, 16, 16, dict(causal=True, mask=pad_mask(2, 64, 0))),
+    "causal n>m dead rows": (1, 2, 1, 64, 17, 16, 16, dict(causal=True)),
+    "window both sides": (1, 2, 2, 64, 64, 16, 16, dict(window=(5, 3))),
+    "window left+causal mqa": (1, 3, 1, 64, 64, 16, 16, dict(window=(20, None), causal=True)),
+    "decode n=1 padding": (2, 2, 1, 1, 64, 32, 32, dict(causal=True, mask=pad_mask(1, 64, 3))),
+    "d=24 e=40 scale": (1, 2, 1, 17, 17, 24, 40, dict(scale=0.3, window=(None, 2))),
+    "n=m=1": (1, 1, 1, 1, 1, 16, 16, {}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_float32_matches_math_float64(case):
+    b, h, g, n, m, d, e, kwargs = CASES[case]
+    check(torch.float32, b, h, g, n, m, d, e, kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_within_derived_bound(dtype):
+    check(dtype, 2, 4, 2, 64, 64, 32, 32, dict(causal=True, mask=pad_mask(2, 64, 5)), seed=5)
+
+
+def test_fully_masked_rows_zero_output_and_zero_grads():
+    q, k, v, do = (t.float() for t in make(2, 2, 1, 17, 17, 16, 16, seed=7))
+    mask = torch.ones(2, 1, 1, 17, dtype=torch.bool)
+    mask[1] = False  # batch 1 may attend no key at all
+    out, (dq, dk, dv) = run("triton", q, k, v, do, dict(mask=mask))
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    for grad in (dq, dk, dv):
+        assert torch.isfinite(grad).all() and torch.equal(grad[1], torch.zeros_like(grad[1]))
+    ref, _ = math_attention(q.double(), k.double(), v.double(), mask=mask)
+    torch.testing.assert_close(out[0].double(), ref[0], rtol=0, atol=1e-5)
+
+
+def test_no_keys_gives_zeros():
+    q = torch.randn(1, 2, 3, 16)
+    kv = torch.randn(1, 2, 0, 16)
+    out = selfattn.attention(q, kv, kv, backend="triton")
+    assert out.shape == (1, 2, 3, 16) and torch.equal(out, torch.zeros_like(out))
+
+
+def test_non_contiguous_inputs():
+    """(b, n, h, d) tensors viewed as (b, h, n, d), as MultiHeadAttention produces them."""
+    gen = torch.Generator().manual_seed(11)
+    x = [torch.randn(1, 17, 2, 16, generator=gen).transpose(1, 2) for _ in range(3)]  # (b, h, n, d)
+    out = selfattn.attention(*x, causal=True, backend="triton")
+    ref, _ = math_attention(*(t.double() for t in x), causal=True)
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=bound(ref, ref, torch.float32, 33))
+
+
+def test_auto_picks_triton_under_interpreter_and_falls_back_with_reasons():
+    q = torch.randn(1, 2, 4, 16)
+    assert explain_backend(q, q, q, causal=True).chosen == "triton"
+    choice = explain_backend(q, q, q, return_weights=True)
+    assert choice.chosen != "triton" and "weights" in choice.reasons["triton"]

@@ -16,6 +16,8 @@ from .models import (
     preset,
 )
 
+from .interop.pretrained import load_pretrained  # Hugging Face checkpoints (BERT, GPT-2)
+
 __version__ = "0.1.0"
 __all__ = [
     "BACKENDS", "DecoderLayer", "EncoderLayer", "FeedForward", "KVCache", "ModelConfig",
@@ -23,3 +25,4 @@ __all__ = [
     "TransformerLM", "__version__", "attention", "build_model", "count_parameters",
     "explain_backend", "preset", "register_backend",
 ]
+__all__.append("load_pretrained")

@@ -120,7 +120,7 @@ def test_half_precision_within_derived_bound(dtype):
 
 def test_fully_masked_rows_zero_output_and_zero_grads():
     q, k, v, do = (t.float() for t in make(2, 2, 1, 17, 17, 16, 16, seed=7))
-    mask = torch.ones(2, 1, 1, 17, dtype=torch.bool)
+    mask = torch.ones(2, 1, 1, 1, dtype=torch.bool)  # broadcast over the keys too
     mask[1] = False  # batch 1 may attend no key at all
     out, (dq, dk, dv) = run("triton", q, k, v, do, dict(mask=mask))
     assert torch.equal(out[1], torch.zeros_like(out[1]))

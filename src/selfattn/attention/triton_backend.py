@@ -16,6 +16,7 @@ before the kernels are first imported): that is how the test suite checks them w
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -106,47 +107,9 @@ def _common(q: Tensor, k: Tensor, v: Tensor, left, right, scale: float, interp: 
     )
 
 
-class _TritonAttention(torch.autograd.Function):
-    """softmax(q kᵀ · scale, masked) v with a recomputing backward (FlashAttention-2)."""
+def _launch_fwd(q, k, v, pad, spb, has_pad, left, right, scale):
+    from . import triton_kernels as tk
 
-    @staticmethod
-    def forward(ctx, q, k, v, pad, spb, has_pad, left, right, scale):
-        from . import triton_kernels as tk
-
-        o, lse = _launch_fwd(tk, q, k, v, pad, spb, has_pad, left, right, scale)
-        ctx.save_for_backward(q, k, v, o, lse, pad)
-        ctx.args = (spb, has_pad, left, right, scale)
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        from . import triton_kernels as tk
-
-        q, k, v, o, lse, pad = ctx.saved_tensors
-        spb, has_pad, left, right, scale = ctx.args
-        do = _last_unit(do)
-        delta = (do.float() * o.float()).sum(-1).contiguous()  # (b, h, n): rowsum(dO ∘ O)
-        dq = torch.empty_like(q)
-        dk = torch.empty_like(k)
-        dv = torch.empty_like(v)
-        b, h, n, d = q.shape
-        g, m, e = k.shape[1], k.shape[2], v.shape[3]
-        cfg = tile_config(d, e, backward=True, interpret=tk.INTERPRET)
-        common = _common(q, k, v, left, right, scale, tk.INTERPRET)
-        launch = dict(HAS_PAD=has_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                      num_warps=cfg.num_warps, num_stages=cfg.num_stages, sm_scale=scale, **common)
-        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
-        tk.attn_bwd_dkdv[(-(-m // cfg.block_n), b * g)](
-            q, k, v, do, lse, delta, dk, dv, pad, *strides,
-            *dk.stride()[:3], *dv.stride()[:3], spb, **launch,
-        )
-        tk.attn_bwd_dq[(-(-n // cfg.block_m), b * h)](
-            q, k, v, do, lse, delta, dq, pad, *strides, *dq.stride()[:3], spb, **launch,
-        )
-        return dq, dk, dv, None, None, None, None, None, None
-
-
-def _launch_fwd(tk, q, k, v, pad, spb, has_pad, left, right, scale):
     b, h, n, d = q.shape
     e = v.shape[3]
     o = torch.empty(b, h, n, e, dtype=q.dtype, device=q.device)  # (b, h, n, e)
@@ -159,6 +122,52 @@ def _launch_fwd(tk, q, k, v, pad, spb, has_pad, left, right, scale):
         num_stages=cfg.num_stages, **_common(q, k, v, left, right, scale, tk.INTERPRET),
     )
     return o, lse
+
+
+def _launch_bwd(q, k, v, o, lse, pad, do, spb, has_pad, left, right, scale):
+    from . import triton_kernels as tk
+
+    delta = (do.float() * o.float()).sum(-1).contiguous()  # (b, h, n): rowsum(dO ∘ O)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    b, h, n, d = q.shape
+    g, m, e = k.shape[1], k.shape[2], v.shape[3]
+    cfg = tile_config(d, e, backward=True, interpret=tk.INTERPRET)
+    launch = dict(HAS_PAD=has_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages, sm_scale=scale,
+                  **_common(q, k, v, left, right, scale, tk.INTERPRET))
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
+    tk.attn_bwd_dkdv[(-(-m // cfg.block_n), b * g)](
+        q, k, v, do, lse, delta, dk, dv, pad, *strides, *dk.stride()[:3], *dv.stride()[:3], spb,
+        **launch,
+    )
+    tk.attn_bwd_dq[(-(-n // cfg.block_m), b * h)](
+        q, k, v, do, lse, delta, dq, pad, *strides, *dq.stride()[:3], spb, **launch,
+    )
+    return dq, dk, dv
+
+
+def _on_device(t: Tensor):
+    """Triton launches on the current CUDA device: make it the tensors' one (multi-GPU)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+class _TritonAttention(torch.autograd.Function):
+    """softmax(q kᵀ · scale, masked) v with a recomputing backward (FlashAttention-2)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, pad, spb, has_pad, left, right, scale):
+        with _on_device(q):
+            o, lse = _launch_fwd(q, k, v, pad, spb, has_pad, left, right, scale)
+        ctx.save_for_backward(q, k, v, o, lse, pad)
+        ctx.args = (spb, has_pad, left, right, scale)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, pad = ctx.saved_tensors
+        with _on_device(q):
+            grads = _launch_bwd(q, k, v, o, lse, pad, _last_unit(do), *ctx.args)
+        return (*grads, None, None, None, None, None, None)
 
 
 def triton_attention(

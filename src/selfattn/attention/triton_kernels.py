@@ -11,7 +11,8 @@ key-padding row ``PAD`` (b|1, m) of int8, non-zero = may attend, is and-ed in.
 
 Scores are kept in log2 units (``qk_scale = scale * log2(e)``, ``exp2``), as in FlashAttention-2.
 A query row with no allowed key gets output 0 and log-sum-exp ``+inf``, so that the backward's
-``exp2(s - lse)`` is exactly 0 for it (zero gradients, never NaN).
+``exp2(s - lse)`` is 0 for it; forbidden entries are zeroed with ``tl.where`` as well (zero
+gradients, never NaN). Batch / head offsets are int64 (large batches do not overflow int32).
 
 Interpreter (``TRITON_INTERPRET=1``, set before this module is imported): ``UPCAST`` computes the
 dots in float32, because the interpreter's bf16 ``tl.dot`` is wrong. Plain pointer arithmetic
@@ -91,8 +92,8 @@ def attn_fwd(
     """One program: BLOCK_M queries of one (batch, head); online softmax over key blocks."""
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
     g = h // GROUPS  # kv head serving this query head (GQA / MQA)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -155,8 +156,8 @@ def attn_bwd_dkdv(
     start_n = tl.program_id(0) * BLOCK_N
     bg = tl.program_id(1)
     G = H // GROUPS
-    b = bg // G
-    g = bg % G
+    b = (bg // G).to(tl.int64)
+    g = (bg % G).to(tl.int64)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_e = tl.arange(0, BLOCK_E)
@@ -214,8 +215,8 @@ def attn_bwd_dq(
     """One program: dQ of BLOCK_M queries of one head. dQ = scale * (P * (dO V^T - delta)) K."""
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
     g = h // GROUPS
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)

@@ -159,3 +159,25 @@ def test_bert_prefix_and_errors(tmp_path, ours):
         load_pretrained(tmp_path)
     with pytest.raises(ValueError, match="texts must be"):
         ours.tokenize("not a list")
+
+
+def test_cli_embed_npy_and_jsonl(tmp_path, ours, capsys, monkeypatch):
+    import io
+
+    import numpy as np
+
+    from selfattn.cli import main
+
+    texts = SENTENCES[:3]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    want = ours.embed(texts)
+    assert main(["embed", "--model", str(MODEL_DIR), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "v.npy")]) == 0
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "v.npy")), want, atol=0, rtol=0)
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO(texts[1] + "\n"))
+    assert main(["embed"]) == 0  # stdin, default model dir, JSONL on stdout
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == [texts[1]]
+    torch.testing.assert_close(torch.tensor(rows[0]["embedding"]), want[1], atol=1e-7, rtol=0)
+    assert main(["embed", "-o", str(tmp_path / "v.csv"), "x"]) == 2
+    assert "--output must end in .npy or .jsonl" in capsys.readouterr().err

@@ -7,6 +7,7 @@ There is no GPU in CI. Three kinds of check:
 2. ``triton_supports`` declines with a reason for every call the kernel cannot serve, and "auto"
    never picks it for CPU tensors without the interpreter.
 3. The kernels compile ahead of time to a CUDA binary (sm_90, bf16) — no GPU needed for that.
+4. On a machine with a CUDA GPU, the compiled kernels against the math backend (skipped here).
 
 Legend: b batch, h query heads, g kv heads, n queries, m keys, d head dim.
 Mask convention: True = may attend; causal bottom-right aligned.
@@ -27,10 +28,14 @@ import torch
 import selfattn
 from selfattn.attention import explain_backend, triton_backend
 from selfattn.attention.spec import validate_call
+from triton_checks import check, pad_mask
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(
     not HAS_TRITON, reason="triton is not installed (pip install 'selfattn[gpu]')"
+)
+on_cuda = pytest.mark.skipif(
+    not (HAS_TRITON and torch.cuda.is_available()), reason="needs a CUDA GPU and triton"
 )
 HERE = Path(__file__).parent
 
@@ -146,3 +151,23 @@ def test_kernels_compile_for_sm90_without_a_gpu():
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                 options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
         assert "cubin" in kernel.asm and kernel.metadata.shared <= 227 * 1024, fn.__name__
+
+
+CUDA_CASES = {
+    "causal+padding n<m": dict(causal=True, mask=pad_mask(2, 333, 0)),
+    "window n>m": dict(window=(64, 16)),
+    "plain, scale": dict(scale=0.2),
+}
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("case", CUDA_CASES)
+def test_cuda_kernels_match_math_backend(dtype, d, case):
+    """Compiled kernels (p cast to dtype before the second dot, unlike the interpreter)."""
+    n, m = (300, 333) if "n<m" in case or "scale" in case else (333, 300)
+    check(dtype, 2, 8, 2, n, m, d, d, CUDA_CASES[case], seed=1, device="cuda")
+    q = torch.randn(1, 8, 64, d, dtype=dtype, device="cuda")
+    choice = explain_backend(q, q, q, causal=True)  # triton serves it, unless outranked
+    assert choice.chosen == "triton" or "lower priority" in choice.reasons["triton"], str(choice)

@@ -16,16 +16,20 @@ from .registry import (
 )
 from .spec import AttentionCall, alibi_bias, structural_mask
 from .torch_backend import torch_attention, torch_supports
+from .flash import flash_attention, flash_auto_declines, flash_supports
 from .triton_backend import triton_attention, triton_supports
 
 register_backend("math", math_attention, math_supports, priority=0,
                  description="readable reference: explicit scores, float32 softmax, can return weights")
 register_backend("torch", torch_attention, torch_supports, priority=10,
                  description="PyTorch's fused scaled_dot_product_attention, fully-masked rows made safe")
+register_backend("flash", flash_attention, flash_supports, priority=15,
+                 auto_declines=flash_auto_declines,
+                 description="exact blockwise attention (online softmax), O(N) memory forward and backward")
 register_backend("triton", triton_attention, triton_supports, priority=20,
                  description="fused FlashAttention-2 Triton kernel for CUDA (fp16/bf16), forward and backward")
 
 __all__ = [
     "AttentionCall", "BACKENDS", "Backend", "BackendChoice", "alibi_bias", "attention",
-    "explain_backend", "math_attention", "register_backend", "structural_mask", "torch_attention",
+    "explain_backend", "flash_attention", "math_attention", "register_backend", "structural_mask", "torch_attention",
 ]

@@ -38,6 +38,9 @@ class Backend:
     supports: Callable[[AttentionCall], str | None]
     priority: int  # higher = preferred by "auto" when it can serve the call
     description: str = ""
+    # Only for "auto": why not to pick this backend although it could serve the call (e.g. slower
+    # there); a backend named explicitly ignores it. None = "auto" uses it whenever it can.
+    auto_declines: Callable[[AttentionCall], str | None] | None = None
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -50,9 +53,10 @@ def register_backend(
     *,
     priority: int,
     description: str = "",
+    auto_declines: Callable[[AttentionCall], str | None] | None = None,
 ) -> None:
     """Add (or replace) a backend. Later issues plug flash, triton, ... in here."""
-    BACKENDS[name] = Backend(name, fn, supports, priority, description)
+    BACKENDS[name] = Backend(name, fn, supports, priority, description, auto_declines)
 
 
 @dataclass
@@ -85,6 +89,8 @@ def _choose(call: AttentionCall, backend: str) -> BackendChoice:
             reasons[b.name] = f"lower priority than {chosen!r}"
             continue
         why = b.supports(call)
+        if why is None and b.auto_declines is not None:
+            why = b.auto_declines(call)
         if why is None:
             chosen = b.name
         else:

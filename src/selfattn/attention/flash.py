@@ -1,0 +1,266 @@
+"""Backend "flash": exact blockwise attention with online softmax, O(N) memory forward and backward.
+
+The FlashAttention algorithm (Dao et al., 2022, "FlashAttention: Fast and Memory-Efficient Exact
+Attention with IO-Awareness"; FlashAttention-2, Dao 2023) written with PyTorch ops: queries are
+processed in blocks of ``block_q`` rows, keys in blocks of ``block_k`` columns; each query block
+keeps a running row maximum, a running softmax denominator and an unnormalised output
+(online softmax, Milakov & Gimelshein 2018). The forward saves only q, k, v, the output and the
+per-row log-sum-exp; the backward recomputes every score block from them. No tensor of size
+n x m is ever built, so peak memory is linear in the sequence length, forward and backward.
+
+Legend: b batch, h query heads, g kv heads (h = g * r), r query heads per kv head,
+n queries, m keys, d q/k head dim, e v head dim; i/j index query/key blocks.
+
+Mask convention: boolean True = may attend. Supported masks are those expressible without an
+n x m tensor: a key-padding mask shaped (b|1, 1, 1, m), ``causal`` (bottom-right aligned: query i
+may attend key j when j <= i + m - n), a sliding ``window=(left, right)`` around each query's key
+position ``i + m - n`` and ALiBi slopes (Press et al., 2022). Key blocks that causal/window hide
+entirely are skipped (causal costs about half). A row that may attend no key gets output 0 and
+zero gradients, never NaN.
+
+float16/bfloat16 inputs are computed in float32 (matmuls, softmax statistics, accumulation) and the
+output is rounded back: on the AVX2 CPU this was written on, float32 matmuls are ~20x faster than
+bfloat16 ones (no AVX-512 BF16 units), see ``benchmarks/attention.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .spec import AttentionCall
+
+
+@dataclass(frozen=True)
+class FlashConfig:
+    """Block sizes of the blockwise loops."""
+
+    block_q: int = 512  # query rows per block: large enough that Python overhead is amortised
+    block_k: int = 1024  # key columns per block: (b, h, 512, 1024) float32 scores = 2 MiB per head
+
+
+DEFAULT_CONFIG = FlashConfig()
+
+
+def _key_range(i0: int, i1: int, n: int, m: int, causal: bool, window) -> tuple[int, int]:
+    """Keys [lo, hi) that some query in rows [i0, i1) may attend (causal/window, bottom-right)."""
+    left, right = window if window is not None else (None, None)
+    if causal:
+        right = 0 if right is None else min(right, 0)
+    p0, p1 = i0 + m - n, i1 - 1 + m - n  # key positions of the first and last query
+    lo = 0 if left is None else max(0, p0 - left)
+    hi = m if right is None else min(m, p1 + right + 1)
+    return lo, max(lo, hi)
+
+
+def _block_allowed(i0, i1, j0, j1, n, m, causal, window, device) -> Tensor | None:
+    """(bq, bk) boolean, True = may attend, or None when every pair in the block is allowed."""
+    left, right = window if window is not None else (None, None)
+    if causal:
+        right = 0 if right is None else min(right, 0)
+    p0, p1 = i0 + m - n, i1 - 1 + m - n
+    full = (left is None or j0 >= p1 - left) and (right is None or j1 - 1 <= p0 + right)
+    if full:
+        return None
+    pos = torch.arange(i0, i1, device=device).unsqueeze(1) + (m - n)  # (bq, 1)
+    j = torch.arange(j0, j1, device=device).unsqueeze(0)  # (1, bk)
+    ok = torch.ones(i1 - i0, j1 - j0, dtype=torch.bool, device=device)
+    if left is not None:
+        ok &= j >= pos - left
+    if right is not None:
+        ok &= j <= pos + right
+    return ok
+
+
+def _scores(qb, kb, i0, i1, j0, j1, n, m, scale, causal, window, kpm, slopes) -> Tensor:
+    """Masked scores of one block, (b, g, r, bq, bk) in the compute dtype, -inf where forbidden.
+
+    qb: (b, g, r*bq, d) query block; kb: (b, g, bk, d) key block; kpm: (b|1, m) bool or None;
+    slopes: (1, g, r, 1, 1) ALiBi slopes or None.
+    """
+    b, g, _, _ = qb.shape
+    bq, bk = i1 - i0, j1 - j0
+    s = torch.matmul(qb, kb.transpose(-2, -1)).view(b, g, -1, bq, bk)  # (b, g, r, bq, bk)
+    s.mul_(scale)
+    if slopes is not None:  # ALiBi: -slope * |pos_i - j|
+        pos = torch.arange(i0, i1, device=s.device, dtype=s.dtype).unsqueeze(1) + (m - n)  # (bq, 1)
+        j = torch.arange(j0, j1, device=s.device, dtype=s.dtype).unsqueeze(0)  # (1, bk)
+        s.sub_(slopes * (pos - j).abs())
+    ok = _block_allowed(i0, i1, j0, j1, n, m, causal, window, s.device)  # (bq, bk) or None
+    if kpm is not None:
+        pad = kpm[:, j0:j1].view(kpm.shape[0], 1, 1, 1, bk)  # (b|1, 1, 1, 1, bk)
+        ok = pad if ok is None else (ok & pad)
+    if ok is not None:
+        s.masked_fill_(~ok, float("-inf"))
+    return s
+
+
+def _blocks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _forward(q5, k, v, kpm, slopes, scale, causal, window, cfg) -> tuple[Tensor, Tensor]:
+    """q5: (b, g, r, n, d) compute dtype. Returns out (b, g, r, n, e) and lse (b, g, r, n)."""
+    b, g, r, n, _ = q5.shape
+    m, e = k.shape[2], v.shape[3]
+    out = q5.new_zeros(b, g, r, n, e)
+    lse = q5.new_full((b, g, r, n), float("inf"))  # +inf: rows that attend nothing
+    for i0, i1 in _blocks(n, cfg.block_q):
+        lo, hi = _key_range(i0, i1, n, m, causal, window)
+        if lo >= hi:
+            continue
+        bq = i1 - i0
+        qb = q5[:, :, :, i0:i1].reshape(b, g, r * bq, -1)  # (b, g, r*bq, d)
+        row_max = q5.new_full((b, g, r, bq, 1), float("-inf"))
+        denom = q5.new_zeros(b, g, r, bq, 1)
+        acc = q5.new_zeros(b, g, r, bq, e)
+        for j0 in range(lo, hi, cfg.block_k):
+            j1 = min(j0 + cfg.block_k, hi)
+            s = _scores(qb, k[:, :, j0:j1], i0, i1, j0, j1, n, m, scale, causal, window, kpm, slopes)
+            new_max = torch.maximum(row_max, s.amax(dim=-1, keepdim=True))  # (b, g, r, bq, 1)
+            safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+            p = s.sub_(safe).exp_()  # (b, g, r, bq, bk); forbidden keys give exp(-inf) = 0
+            alpha = torch.exp(row_max - safe)  # rescales what was accumulated so far
+            denom.mul_(alpha).add_(p.sum(dim=-1, keepdim=True))
+            pv = torch.matmul(p.view(b, g, r * bq, -1), v[:, :, j0:j1])  # (b, g, r*bq, e)
+            acc.mul_(alpha).add_(pv.view(b, g, r, bq, e))
+            row_max = new_max
+        live = denom > 0
+        out[:, :, :, i0:i1] = torch.where(live, acc / torch.where(live, denom, 1.0), 0.0)
+        safe = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+        lse[:, :, :, i0:i1] = torch.where(live, safe + torch.log(torch.where(live, denom, 1.0)),
+                                          float("inf")).squeeze(-1)
+    return out, lse
+
+
+def _backward(q5, k, v, out, lse, dout, kpm, slopes, scale, causal, window, cfg):
+    """Gradients (dq5, dk, dv) by recomputing p = exp(s - lse) block by block (FlashAttention-2)."""
+    b, g, r, n, d = q5.shape
+    m, e = k.shape[2], v.shape[3]
+    delta = (dout * out).sum(dim=-1, keepdim=True)  # (b, g, r, n, 1): rowsum(dO * O)
+    dq = torch.zeros_like(q5)
+    dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    q_blocks = _blocks(n, cfg.block_q)
+    ranges = [_key_range(i0, i1, n, m, causal, window) for i0, i1 in q_blocks]
+    for j0, j1 in _blocks(m, cfg.block_k):
+        kb, vb = k[:, :, j0:j1], v[:, :, j0:j1]  # (b, g, bk, d), (b, g, bk, e)
+        for (i0, i1), (lo, hi) in zip(q_blocks, ranges):
+            c0, c1 = max(j0, lo), min(j1, hi)  # the part of this key block these queries see
+            if c0 >= c1:
+                continue
+            bq = i1 - i0
+            qb = q5[:, :, :, i0:i1].reshape(b, g, r * bq, d)  # (b, g, r*bq, d)
+            s = _scores(qb, k[:, :, c0:c1], i0, i1, c0, c1, n, m, scale, causal, window, kpm, slopes)
+            p = s.sub_(lse[:, :, :, i0:i1].unsqueeze(-1)).exp_()  # (b, g, r, bq, bc); lse=inf -> 0
+            p2 = p.view(b, g, r * bq, c1 - c0)  # (b, g, r*bq, bc)
+            do_b = dout[:, :, :, i0:i1].reshape(b, g, r * bq, e)  # (b, g, r*bq, e)
+            dv[:, :, c0:c1] += torch.matmul(p2.transpose(-2, -1), do_b)  # sums over the r heads
+            dp = torch.matmul(do_b, vb[:, :, c0 - j0:c1 - j0].transpose(-2, -1))  # (b, g, r*bq, bc)
+            ds = p2.mul_(dp.sub_(delta[:, :, :, i0:i1].reshape(b, g, r * bq, 1)))  # dS = P*(dP-Δ)
+            ds.mul_(scale)
+            dq[:, :, :, i0:i1] += torch.matmul(ds, kb[:, :, c0 - j0:c1 - j0]).view(b, g, r, bq, d)
+            dk[:, :, c0:c1] += torch.matmul(ds.transpose(-2, -1), qb)
+    return dq, dk, dv
+
+
+class FlashFunction(torch.autograd.Function):
+    """Autograd wrapper: saves (q, k, v, out, lse), O(N) memory, and recomputes in backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, kpm, slopes, scale, causal, window, cfg):
+        b, h, n, d = q.shape
+        g = k.shape[1]
+        cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        q5 = q.to(cdt).view(b, g, h // g, n, d)  # (b, g, r, n, d)
+        kc, vc = k.to(cdt), v.to(cdt)
+        sl = None if slopes is None else slopes.to(cdt).view(1, g, h // g, 1, 1)  # (1, g, r, 1, 1)
+        out5, lse = _forward(q5, kc, vc, kpm, sl, scale, causal, window, cfg)
+        ctx.save_for_backward(q, k, v, out5, lse, kpm, slopes)
+        ctx.args = (scale, causal, window, cfg)
+        return out5.view(b, h, n, -1).to(q.dtype)  # (b, h, n, e)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out5, lse, kpm, slopes = ctx.saved_tensors
+        scale, causal, window, cfg = ctx.args
+        b, h, n, d = q.shape
+        g = k.shape[1]
+        cdt = out5.dtype
+        q5 = q.to(cdt).view(b, g, h // g, n, d)  # (b, g, r, n, d)
+        do5 = dout.to(cdt).reshape(b, g, h // g, n, -1)  # (b, g, r, n, e)
+        sl = None if slopes is None else slopes.to(cdt).view(1, g, h // g, 1, 1)
+        dq, dk, dv = _backward(q5, k.to(cdt), v.to(cdt), out5, lse, do5, kpm, sl, scale, causal,
+                               window, cfg)
+        return (dq.view(b, h, n, d).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
+                None, None, None, None, None, None)
+
+
+def flash_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
+    scale: float | None = None, dropout_p: float = 0.0, window=None,
+    alibi_slopes: Tensor | None = None, return_weights: bool = False,
+    config: FlashConfig = DEFAULT_CONFIG,
+) -> tuple[Tensor, None]:
+    """Exact attention in O(N) memory; see the module docstring for what it supports.
+
+    The ALiBi slopes get no gradient (they are fixed per head in the paper).
+    """
+    if dropout_p > 0 or return_weights or (mask is not None and mask.dtype != torch.bool):
+        raise ValueError("flash attention supports no dropout, no returned weights and only boolean "
+                         f"key-padding masks; got dropout_p={dropout_p}, return_weights={return_weights}")
+    kpm = None
+    if mask is not None:
+        full = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))  # (b|1, 1, 1, m|1)
+        if full.shape[1] != 1 or full.shape[2] != 1:
+            raise ValueError(f"flash attention takes only key-padding masks (B|1, 1, 1, Nk), got "
+                             f"mask of shape {tuple(mask.shape)}")
+        kpm = full[:, 0, 0, :].expand(full.shape[0], k.shape[2]).contiguous()  # (b|1, m)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    out = FlashFunction.apply(q, k, v, kpm, alibi_slopes, scale, bool(causal), window, config)
+    return out, None
+
+
+def flash_supports(call: AttentionCall) -> str | None:
+    """Why "flash" cannot serve a call, or None."""
+    if call.return_weights:
+        return "blockwise attention never forms the weights (use backend 'math' to get them)"
+    if call.dropout_p > 0:
+        return "dropout on the weights is not implemented in the blockwise kernel"
+    if call.mask_kind == "float":
+        return "an additive float mask is an n x m tensor; flash takes only key-padding masks"
+    if call.mask_kind == "bool" and not call.key_padding_only:
+        return "a general boolean mask is an n x m tensor; flash takes only key-padding masks (B|1, 1, 1, Nk)"
+    return None
+
+
+# Below this many score entries (n * m) PyTorch's SDPA with an explicit mask is faster than the
+# blockwise loops, whose Python overhead dominates; above it the mask SDPA needs is the cost.
+AUTO_MIN_SCORES = 2048 * 2048
+
+
+def flash_auto_declines(call: AttentionCall) -> str | None:
+    """Why "auto" should not pick flash although it could serve the call (measured, see benchmarks)."""
+    why = flash_supports(call)
+    if why is not None:
+        return why
+    sdpa_needs_mask = (call.mask_kind != "none" or call.window is not None or call.alibi
+                       or (call.causal and call.q_len != call.k_len))
+    if not sdpa_needs_mask:
+        return ("PyTorch's fused SDPA serves this call without a materialised mask and is faster "
+                "than the PyTorch-op blockwise loops on CPU")
+    if call.q_len * call.k_len < AUTO_MIN_SCORES:
+        return (f"short sequences (Nq*Nk = {call.q_len * call.k_len} < {AUTO_MIN_SCORES}): SDPA's "
+                "explicit mask is cheap and SDPA is faster")
+    return None
+
+
+def flops(n: int, m: int, d: int, e: int, heads: int, batch: int, causal: bool) -> float:
+    """Matmul FLOPs of one forward (2 matmuls), halved for causal with n == m."""
+    f = 2.0 * batch * heads * n * m * (d + e)
+    return f / 2 if causal else f
+
+
+__all__ = ["FlashConfig", "FlashFunction", "flash_attention", "flash_auto_declines",
+           "flash_supports", "flops"]

@@ -71,30 +71,38 @@ def random_model(text: str, spec: RandomModelSpec = RandomModelSpec(), target: s
 
 
 def checkpoint_loader():
-    """The training package's checkpoint loader, if it is installed (None otherwise)."""
+    """The training package's run loader, ``load_run(run_dir) -> (model, vocab, config)``, or None."""
     try:
-        module = importlib.import_module("selfattn.training.checkpoint")
+        module = importlib.import_module("selfattn.training.run")
     except ImportError:
         return None
-    return getattr(module, "load_checkpoint", None)
+    return getattr(module, "load_run", None)
 
 
 def from_checkpoint(run: str | Path, text: str, target: str | None = None) -> Inspected:
-    """Load a trained run and tokenize ``text`` with its tokenizer."""
+    """Load a trained run directory (``selfattn train``'s output) and tokenize ``text`` with its vocab.
+
+    An encoder-decoder's target starts with <bos>, as the decoder saw it in training.
+    """
     loader = checkpoint_loader()
     if loader is None:
-        raise ValueError(f"cannot load {str(run)!r}: this installation has no checkpoint loader "
-                         "(selfattn.training.checkpoint.load_checkpoint); use the random model instead")
-    loaded = loader(run)
-    model = loaded.model.eval()
-    tok = getattr(loaded, "tokenizer", None)
-    if tok is None:
-        raise ValueError(f"checkpoint {str(run)!r} has no tokenizer to turn the text into ids")
-    ids = torch.tensor([tok.encode(text)])
-    labels = [tok.decode([i]) for i in ids[0].tolist()]
+        raise ValueError(f"cannot load {str(run)!r}: this installation has no run loader "
+                         "(selfattn.training.run.load_run); leave out --checkpoint for a random model")
+    if not Path(run).is_dir():
+        raise FileNotFoundError(f"run directory {str(run)!r} does not exist")
+    model, vocab, _ = loader(run)
+    model = model.eval()
+
+    def encode(t: str, bos: bool) -> tuple[torch.Tensor, list[str]]:
+        ids = vocab.encode(t)
+        if bos and getattr(vocab, "bos_id", None) is not None:
+            ids = [vocab.bos_id, *ids]
+        if not ids:
+            raise ValueError(f"text must contain at least one token, got {t!r}")
+        return torch.tensor([ids]), [vocab.tokens[i] for i in ids]
+
+    ids, labels = encode(text, bos=False)
     tgt_ids, tgt_labels = None, []
-    if getattr(model.cfg, "kind", "") == "encoder-decoder":
-        tgt = target if target is not None else text
-        tgt_ids = torch.tensor([tok.encode(tgt)])
-        tgt_labels = [tok.decode([i]) for i in tgt_ids[0].tolist()]
+    if model.cfg.kind == "encoder-decoder":
+        tgt_ids, tgt_labels = encode(target if target is not None else text, bos=True)
     return Inspected(model, ids, labels, tgt_ids, tgt_labels, origin=str(run))

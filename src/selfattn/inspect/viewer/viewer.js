@@ -194,7 +194,7 @@
     ctx.lineWidth = Math.max(1, Math.min(3, h / 5));
     buckets.forEach((pairs, b) => {
       if (!pairs.length) return;
-      ctx.globalAlpha = Math.max(0.15, (b + 1) / 16);
+      ctx.globalAlpha = Math.max(0.04, b / 15); // the many near-zero lines of a long row stay faint
       strokePairs(ctx, pairs, h, W, lo, hi);
     });
     (side === "q" ? els.left : els.right).children[i].classList.add("focus", "lit");

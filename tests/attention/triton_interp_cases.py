@@ -44,7 +44,7 @@ CASES = {
     "causal+padding n<m": (2, 2, 1, 17, 64, 16, 16, dict(causal=True, mask=pad_mask(2, 64, 0))),
     "causal n>m dead rows": (1, 2, 1, 64, 17, 16, 16, dict(causal=True)),
     "window both sides": (1, 2, 2, 64, 64, 16, 16, dict(window=(5, 3))),
-    "window left+causal mqa": (1, 3, 1, 64, 64, 16, 16, dict(window=(20, None), causal=True)),
+    "window left+causal mqa": (1, 3, 1, 64, 64, 16, 16, dict(window=(40, None), causal=True)),
     "decode n=1 padding": (2, 2, 1, 1, 64, 32, 32, dict(causal=True, mask=pad_mask(1, 64, 3))),
     "d=24 e=40 scale": (1, 2, 1, 17, 17, 24, 40, dict(scale=0.3, window=(None, 2))),
     "n=m=1": (1, 1, 1, 1, 1, 16, 16, {}),

@@ -82,6 +82,56 @@ def _query_range(start_n, NQ, NK, LEFT, RIGHT, BLOCK_M: tl.constexpr, BLOCK_N: t
 
 
 @triton.jit
+def _interior(start_m, lo, hi, NQ, NK, LEFT, RIGHT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """Keys [a, c) inside [lo, hi), BLOCK_N-aligned, that every valid query of the block may see.
+
+    If a reaches hi, the masked loop over [lo, a) covers everything and [a, c), [c, hi) are empty;
+    if hi < lo (every query of the block is dead), all three ranges are empty.
+    """
+    off = NK - NQ
+    full_lo = lo
+    full_hi = hi
+    if HAS_LEFT:  # j >= pos - LEFT for the last valid query
+        full_lo = tl.maximum(full_lo, tl.minimum(start_m + BLOCK_M, NQ) - 1 + off - LEFT)
+    if HAS_RIGHT:  # j <= pos + RIGHT for the first query
+        full_hi = tl.minimum(full_hi, start_m + off + RIGHT + 1)
+    a = tl.maximum(tl.minimum(((full_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, hi), lo)  # lo <= a
+    c = tl.maximum((tl.maximum(full_hi, 0) // BLOCK_N) * BLOCK_N, a)  # // truncates: keep it >= 0
+    return a, c
+
+
+@triton.jit
+def _fwd_block(q, acc, m_i, l_i, k_base, v_base, pad_ptr, start_n, offs_m, offs_n0, offs_d, offs_e,
+               skn, svn, NQ, NK, D, E, qk_scale, LEFT, RIGHT, HAS_LEFT: tl.constexpr,
+               HAS_RIGHT: tl.constexpr, HAS_PAD: tl.constexpr, UPCAST: tl.constexpr,
+               MASKED: tl.constexpr):
+    """One key block of the forward's online softmax (FlashAttention-2, Algorithm 1)."""
+    offs_n = start_n + offs_n0
+    kt = tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None],
+                 mask=(offs_n[None, :] < NK) & (offs_d[:, None] < D), other=0.0)  # (BD, BN)
+    v = tl.load(v_base + offs_n[:, None] * svn + offs_e[None, :],
+                mask=(offs_n[:, None] < NK) & (offs_e[None, :] < E), other=0.0)  # (BN, BE)
+    if UPCAST:
+        kt = kt.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q, kt) * qk_scale  # (BM, BN) in log2 units
+    if MASKED:
+        ok = _allowed(offs_m, offs_n, pad_ptr, NQ, NK, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT, HAS_PAD)
+        s = tl.where(ok, s, float("-inf"))
+    elif HAS_PAD:
+        keep = tl.load(pad_ptr + offs_n, mask=offs_n < NK, other=0)  # (BN,)
+        s = tl.where((keep != 0)[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing seen yet
+    alpha = tl.exp2(m_i - m_safe)  # rescales the old sums; 0 when m_i = -inf
+    p = tl.exp2(s - m_safe[:, None])  # 0 where forbidden
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def attn_fwd(
     Q, K, V, O, LSE, PAD,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, spb,
@@ -111,25 +161,21 @@ def attn_fwd(
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running row sum of exp2(s - m_i)
     acc = tl.zeros([BLOCK_M, BLOCK_E], tl.float32)
     lo, hi = _key_range(start_m, NQ, NK, LEFT, RIGHT, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        kt = tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None],
-                     mask=(offs_n[None, :] < NK) & (offs_d[:, None] < D), other=0.0)  # (BD, BN)
-        v = tl.load(v_base + offs_n[:, None] * svn + offs_e[None, :],
-                    mask=(offs_n[:, None] < NK) & (offs_e[None, :] < E), other=0.0)  # (BN, BE)
-        if UPCAST:
-            kt = kt.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, kt) * qk_scale  # (BM, BN) in log2 units
-        ok = _allowed(offs_m, offs_n, pad_ptr, NQ, NK, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT, HAS_PAD)
-        s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing seen yet
-        alpha = tl.exp2(m_i - m_safe)  # rescales the old sums; 0 when m_i = -inf
-        p = tl.exp2(s - m_safe[:, None])  # 0 where forbidden
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    a, c = _interior(start_m, lo, hi, NQ, NK, LEFT, RIGHT, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+    # [lo, a) and [c, hi): blocks cut by the causal / window edge or the ragged end -> full mask;
+    # [a, c): every valid query may attend every key (up to padding) -> no structural mask.
+    for start_n in range(lo, a, BLOCK_N):
+        acc, m_i, l_i = _fwd_block(q, acc, m_i, l_i, k_base, v_base, pad_ptr, start_n, offs_m, offs_n0,
+                                   offs_d, offs_e, skn, svn, NQ, NK, D, E, qk_scale, LEFT, RIGHT,
+                                   HAS_LEFT, HAS_RIGHT, HAS_PAD, UPCAST, True)
+    for start_n in range(a, c, BLOCK_N):
+        acc, m_i, l_i = _fwd_block(q, acc, m_i, l_i, k_base, v_base, pad_ptr, start_n, offs_m, offs_n0,
+                                   offs_d, offs_e, skn, svn, NQ, NK, D, E, qk_scale, LEFT, RIGHT,
+                                   HAS_LEFT, HAS_RIGHT, HAS_PAD, UPCAST, False)
+    for start_n in range(c, hi, BLOCK_N):
+        acc, m_i, l_i = _fwd_block(q, acc, m_i, l_i, k_base, v_base, pad_ptr, start_n, offs_m, offs_n0,
+                                   offs_d, offs_e, skn, svn, NQ, NK, D, E, qk_scale, LEFT, RIGHT,
+                                   HAS_LEFT, HAS_RIGHT, HAS_PAD, UPCAST, True)
 
     alive = l_i > 0
     out = acc / tl.where(alive, l_i, 1.0)[:, None]  # dead rows: acc = 0 -> 0

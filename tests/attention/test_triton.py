@@ -88,6 +88,8 @@ def test_supports_cuda_bf16_gqa_causal_window_padding(compiled_mode):
     (dict(q=torch.randn(1, 4, 8, 8), k=torch.randn(1, 2, 8, 8), v=torch.randn(1, 2, 8, 8)), "float32"),
     (dict(q=torch.randn(1, 4, 8, 512, dtype=torch.half), k=torch.randn(1, 2, 8, 512, dtype=torch.half),
           v=torch.randn(1, 2, 8, 512, dtype=torch.half)), "head dims"),
+    (dict(q=torch.randn(8193, 8, 1, 16, dtype=torch.half), k=torch.randn(8193, 8, 1, 16, dtype=torch.half),
+          v=torch.randn(8193, 8, 1, 16, dtype=torch.half)), "grid limit"),
 ])
 def test_declines_with_a_reason(compiled_mode, overrides, words):
     why = triton_backend.triton_supports(_call(**overrides))

@@ -30,6 +30,7 @@ from .spec import AttentionCall
 _KERNELS = "selfattn.attention.triton_kernels"
 LOG2E = 1.4426950408889634  # scores are handled in log2 units, exp2 is the fast path
 MAX_HEAD_DIM = 256  # larger tiles no longer fit in shared memory / registers
+MAX_GRID_Y = 65535  # CUDA's limit on grid dimension 1, which enumerates (batch, head) pairs
 
 
 def triton_available() -> bool:
@@ -222,6 +223,8 @@ def triton_supports(call: AttentionCall) -> str | None:
     if call.dtype not in ok:
         names = ", ".join(str(t).removeprefix("torch.") for t in ok)
         return f"dtype {call.dtype} is not supported on {call.device_type} (expected {names})"
+    if call.batch * call.q_heads > MAX_GRID_Y:
+        return f"batch x heads = {call.batch * call.q_heads} exceeds the CUDA grid limit {MAX_GRID_Y}"
     if not (1 <= call.head_dim <= MAX_HEAD_DIM and 1 <= call.v_dim <= MAX_HEAD_DIM):
         return f"head dims must be in 1..{MAX_HEAD_DIM}, got d={call.head_dim}, e={call.v_dim}"
     return None

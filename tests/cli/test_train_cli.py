@@ -5,27 +5,37 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from selfattn.cli import main
 from selfattn.training import latest_checkpoint
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster on a shared, oversubscribed CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, _one_thread):
     d = tmp_path_factory.mktemp("run") / "rev"
-    code = main(["train", "--task", "reverse", "--lengths", "1-4", "--steps", "40", "--run-dir", str(d),
+    code = main(["train", "--task", "reverse", "--lengths", "1-4", "--steps", "20", "--run-dir", str(d),
                  "--no-progress", "--set", "d_model=32", "--set", "d_ff=64", "--set", "batch_size=32",
                  "--set", "schedule=cosine", "--set", "lr=3e-3", "--set", "warmup_steps=5",
-                 "--set", "eval_every=40", "--set", "ckpt_every=20"])
+                 "--set", "eval_every=20", "--set", "ckpt_every=10"])
     assert code == 0
     return d
 
 
 def test_train_writes_a_self_contained_run_dir(run_dir):
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["model"]["d_model"] == 32 and config["train"]["steps"] == 40
+    assert config["model"]["d_model"] == 32 and config["train"]["steps"] == 20
     assert config["task"]["name"] == "reverse" and config["vocab"]["tokens"][:3] == ["<pad>", "<bos>", "<eos>"]
-    assert latest_checkpoint(run_dir / "checkpoints").name == "step_00000040"
+    assert latest_checkpoint(run_dir / "checkpoints").name == "step_00000020"
     assert (run_dir / "loss.png").is_file() and (run_dir / "metrics.jsonl").is_file()
 
 
@@ -44,8 +54,8 @@ def test_generate_and_evaluate_from_the_run_dir_alone(run_dir, capsys):
 
 
 def test_resume_continues_from_the_last_checkpoint(run_dir, capsys):
-    assert main(["train", "--run-dir", str(run_dir), "--resume", "--steps", "45", "--no-progress"]) == 0
-    assert latest_checkpoint(run_dir / "checkpoints").name == "step_00000045"
+    assert main(["train", "--run-dir", str(run_dir), "--resume", "--steps", "23", "--no-progress"]) == 0
+    assert latest_checkpoint(run_dir / "checkpoints").name == "step_00000023"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -12,7 +12,7 @@ class PoolTask(SyntheticTask):
     2 micro-batches of B rows cover exactly the rows of 1 batch of 2B (accumulation and DDP checks)."""
 
     def __init__(self, pool_size: int = 256, **kw):
-        super().__init__("reverse", **kw)
+        super().__init__("reverse", **{"val_size": 32, **kw})
         g = torch.Generator().manual_seed(123)
         self.pool = [self._sample(g) for _ in range(pool_size)]
 

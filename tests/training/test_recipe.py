@@ -79,7 +79,7 @@ def test_gradient_accumulation_equals_one_big_batch():
 def test_training_learns_and_writes_metrics_and_png(tmp_path):
     task = PoolTask(pool_size=64)
     cfg = TrainConfig(steps=30, batch_size=16, schedule="cosine", lr=3e-3, warmup_steps=5, eval_every=15,
-                      log_every=5, progress=False, amp="bf16")
+                      log_every=5, progress=False)
     result = Trainer(tiny_model(task), task, cfg, tmp_path).fit()
     assert result.evals[-1]["loss"] < result.evals[0]["loss"]
     assert sum(result.losses[-5:]) < sum(result.losses[:5])
@@ -87,6 +87,16 @@ def test_training_learns_and_writes_metrics_and_png(tmp_path):
     assert [r["step"] for r in records if "split" not in r] == [5, 10, 15, 20, 25, 30]
     assert all({"loss", "lr", "tok_s"} <= r.keys() for r in records if "split" not in r)
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bf16_autocast_step_matches_float32_within_bf16_rounding():
+    task = PoolTask(pool_size=16)
+    cfg = dict(steps=1, batch_size=8, schedule="constant", lr=1e-3, eval_every=0, ckpt_every=0, progress=False)
+    fp32 = Trainer(tiny_model(task), task, TrainConfig(**cfg)).fit().losses[0]
+    bf16 = Trainer(tiny_model(task), task, TrainConfig(amp="bf16", **cfg)).fit().losses[0]
+    # bf16 keeps 8 significand bits (eps 2^-8 relative per rounding); the loss of an untrained model is
+    # ~log V and sums O(10) roundings through 2 layers, so 16 eps bounds it
+    assert bf16 == pytest.approx(fp32, rel=16 * 2**-8) and bf16 != fp32
 
 
 def test_early_stopping_stops_after_patience():

@@ -35,7 +35,7 @@ CFG = TrainConfig(steps=10, batch_size=8, accum_steps=2, schedule="noam", warmup
 
 
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
-    task = SyntheticTask("reverse", max_len=6)
+    task = SyntheticTask("reverse", max_len=6, val_size=64)
     # dropout > 0: the resumed run must also restore the RNG that draws the dropout masks
     full = Trainer(tiny_model(task, dropout=0.2), task, CFG, tmp_path / "a").fit()
     first = Trainer(tiny_model(task, dropout=0.2), task, CFG, tmp_path / "b").fit(max_steps=4)
@@ -107,7 +107,7 @@ def test_sigkill_mid_run_leaves_a_loadable_resumable_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "selfattn", "train", "--task", "copy", "--steps", "100000", "--run-dir", str(run),
            "--no-progress", "--lengths", "1-5", "--set", "ckpt_every=1", "--set", "eval_every=0",
            "--set", "d_model=32", "--set", "d_ff=64", "--set", "batch_size=16", "--set", "keep_last=2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})  # noqa: E501
     try:
         deadline = time.time() + 60
         while time.time() < deadline and len(list_checkpoints(run / "checkpoints")) < 3:

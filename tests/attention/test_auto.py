@@ -20,15 +20,24 @@ def test_auto_prefers_sdpa_when_it_needs_no_mask():
     assert "SDPA serves this call without a materialised mask" in choice.reasons["flash"]
 
 
-def test_auto_picks_flash_where_sdpa_needs_an_n_by_m_mask():
+def test_auto_picks_flash_where_it_saves_work_or_a_large_mask():
     n = int(AUTO_MIN_SCORES**0.5)
     q, k, v = _qkv(n)
+    choice = selfattn.explain_backend(q, k, v, window=(n // 8, 0), causal=True)
+    assert choice.chosen == "flash"
+    assert choice.reasons["torch"] == "lower priority than 'flash'"
+    # ALiBi over 8 heads at n = 8192: SDPA would need a 2 GiB float32 bias
+    big = 8192
+    q8 = torch.empty(1, 8, big, 8)  # never computed on: explain_backend only inspects shapes
+    choice = selfattn.explain_backend(q8, q8, q8, alibi_slopes=torch.ones(8))
+    assert choice.chosen == "flash"
+    # padding + causal at n = 2048: a 4 MiB boolean mask, SDPA is faster: auto says so
     pad = torch.ones(1, 1, 1, n, dtype=torch.bool)
-    for kwargs in (dict(mask=pad, causal=True), dict(window=(64, 0)),
-                   dict(alibi_slopes=torch.ones(2))):
-        choice = selfattn.explain_backend(q, k, v, **kwargs)
-        assert choice.chosen == "flash", kwargs
-        assert choice.reasons["torch"] == "lower priority than 'flash'"
+    choice = selfattn.explain_backend(q, k, v, mask=pad, causal=True)
+    assert choice.chosen == "torch" and "explicit mask (4 MiB) is affordable" in choice.reasons["flash"]
+    big_pad = torch.ones(1, 1, 1, 2**15, dtype=torch.bool)
+    q15 = torch.empty(1, 1, 2**15, 8)
+    assert selfattn.explain_backend(q15, q15, q15, mask=big_pad, causal=True).chosen == "flash"
 
 
 def test_auto_falls_back_with_honest_reasons():
@@ -47,7 +56,7 @@ def test_auto_falls_back_with_honest_reasons():
 def test_auto_result_equals_math_on_a_flash_case():
     n = int(AUTO_MIN_SCORES**0.5)
     q, k, v = (t.double() for t in _qkv(n))
-    window = (100, 0)
+    window = (n // 8, 0)
     assert selfattn.explain_backend(q, k, v, window=window).chosen == "flash"
     # compare on the last rows only: the math reference is n x n
     out = selfattn.attention(q, k, v, window=window)

@@ -235,25 +235,47 @@ def flash_supports(call: AttentionCall) -> str | None:
     return None
 
 
-# Below this many score entries (n * m) PyTorch's SDPA with an explicit mask is faster than the
-# blockwise loops, whose Python overhead dominates; above it the mask SDPA needs is the cost.
-AUTO_MIN_SCORES = 2048 * 2048
+# "auto" and flash (measured with benchmarks/attention.py on a 2-core AVX2 CPU): the PyTorch-op
+# blockwise loops are slower than SDPA per useful FLOP, so flash is picked only where it saves
+# work (a window that hides most key blocks) or where SDPA would materialise a large mask.
+AUTO_MIN_SCORES = 2048 * 2048  # below this n*m the Python block overhead dominates
+AUTO_WINDOW_FRACTION = 0.25  # pick flash when the window leaves at most this fraction of keys
+AUTO_MASK_BYTES = 2**30  # pick flash when SDPA's explicit mask would exceed 1 GiB
+
+
+def _sdpa_mask_bytes(call: AttentionCall) -> int:
+    """Size of the explicit mask the "torch" backend builds for this call (0 when none)."""
+    n, m = call.q_len, call.k_len
+    if call.alibi or call.mask_kind == "float":
+        return 4 * call.q_heads * n * m  # float32 bias per head
+    if call.mask_kind == "bool" or call.window is not None or (call.causal and n != m):
+        return call.batch * n * m  # one boolean per (query, key), per batch row
+    return 0
 
 
 def flash_auto_declines(call: AttentionCall) -> str | None:
-    """Why "auto" should not pick flash although it could serve the call (measured, see benchmarks)."""
+    """Why "auto" should not pick flash although it could serve the call (measured, see above)."""
     why = flash_supports(call)
     if why is not None:
         return why
-    sdpa_needs_mask = (call.mask_kind != "none" or call.window is not None or call.alibi
-                       or (call.causal and call.q_len != call.k_len))
-    if not sdpa_needs_mask:
+    mask_bytes = _sdpa_mask_bytes(call)
+    if mask_bytes == 0:
         return ("PyTorch's fused SDPA serves this call without a materialised mask and is faster "
                 "than the PyTorch-op blockwise loops on CPU")
     if call.q_len * call.k_len < AUTO_MIN_SCORES:
         return (f"short sequences (Nq*Nk = {call.q_len * call.k_len} < {AUTO_MIN_SCORES}): SDPA's "
                 "explicit mask is cheap and SDPA is faster")
-    return None
+    if call.window is not None:
+        left, right = call.window
+        width = (call.k_len if left is None else left) + (0 if call.causal else
+                                                          (call.k_len if right is None else right)) + 1
+        if width <= AUTO_WINDOW_FRACTION * call.k_len:
+            return None  # flash skips the hidden key blocks: less work than SDPA's full n x m
+    if mask_bytes >= AUTO_MASK_BYTES:
+        return None
+    return (f"SDPA's explicit mask ({mask_bytes / 2**20:.0f} MiB) is affordable and SDPA is faster "
+            f"here; flash is picked above {AUTO_MASK_BYTES / 2**30:.0f} GiB of mask or for windows "
+            f"covering at most {AUTO_WINDOW_FRACTION:.0%} of the keys")
 
 
 def flops(n: int, m: int, d: int, e: int, heads: int, batch: int, causal: bool) -> float:

@@ -88,7 +88,7 @@ def plot_grid(weights, q_labels: Sequence[str], k_labels: Sequence[str], path: s
     _check(w, q_labels, k_labels)
     L, h, n, m = w.shape
     cell = 2.6 if max(n, m) <= 12 else 3.4
-    fig, axes = _figure(L, h, figsize=(cell * h + 1.5, cell * L + 0.8), squeeze=False)
+    fig, axes = _figure(L, h, figsize=(cell * h + 1.5, cell * L + 0.8), squeeze=False, layout="constrained")
     norm, label = _norm(max(float(w.max()), 1e-9), m)
     few = max(n, m) <= 16  # token labels on the outer axes while legible, else positions
     im = None
@@ -108,5 +108,5 @@ def plot_grid(weights, q_labels: Sequence[str], k_labels: Sequence[str], path: s
                 if not few:
                     ax.set_yticks(_positions(n))
     fig.suptitle(f"{title}  (rows: queries, columns: keys)")
-    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02, label=label)
+    fig.colorbar(im, ax=axes, shrink=0.9, aspect=30, label=label)  # one bar for the whole grid
     return save_figure(fig, path)

@@ -249,6 +249,35 @@ def plot(rows: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def accuracy(n: int = 1024, seeds: int = 3) -> list[dict]:
+    """Relative L2 error of sliding-window and linear attention against full causal softmax attention.
+
+    Inputs: q, k ~ N(0, 1) times a temperature (larger = peakier softmax, as trained models tend
+    to be), v ~ N(0, 1); B=1, H=8, D=64. An output-level proxy, not a task metric.
+    """
+    import torch
+
+    import selfattn
+    from selfattn.attention.linear import linear_attention
+
+    rows = []
+    for temp in (0.5, 1.0, 2.0):
+        errs: dict[str, list[float]] = {}
+        for seed in range(seeds):
+            g = torch.Generator().manual_seed(seed)
+            q, k = (torch.randn(1, 8, n, 64, generator=g) * temp**0.5 for _ in range(2))
+            v = torch.randn(1, 8, n, 64, generator=g)
+            full = selfattn.attention(q, k, v, causal=True)
+            outs = {f"sliding w={w}": selfattn.attention(q, k, v, causal=True, window=(w, 0))
+                    for w in (32, 128, 512)}
+            outs["linear (elu+1)"] = linear_attention(q, k, v, causal=True)
+            for name, out in outs.items():
+                errs.setdefault(name, []).append(((out - full).norm() / full.norm()).item())
+        rows += [{"temperature": temp, "type": k, "rel_l2_error": statistics.median(e)}
+                 for k, e in errs.items()]
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -267,9 +296,18 @@ def main(argv=None) -> int:
                     help="skip impls that form an N x N float32 tensor per head above this size")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--tag", default=None, help="results file suffix (default: device)")
+    ap.add_argument("--accuracy", action="store_true",
+                    help="only measure sliding-window and linear attention against full attention")
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.accuracy:
+        rows = accuracy()
+        text = "| q·k temperature | attention type | relative L2 error vs full causal |\n|---:|---|---:|\n"
+        text += "".join(f"| {r['temperature']} | {r['type']} | {r['rel_l2_error']:.3f} |\n" for r in rows)
+        write_atomic(RESULTS / "attention-accuracy.md", text)
+        print(text)
         return 0
 
     import torch

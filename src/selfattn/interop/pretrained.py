@@ -173,7 +173,8 @@ class Pretrained:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             ids, real = self.tokenize([texts[i] for i in idx], self.sentence.max_seq_length)
-            hidden = self.model(ids.to(device), real.to(device)).float()  # (b, n, c)
+            padding = None if bool(real.all()) else real.to(device)  # no mask at all when nothing is padded
+            hidden = self.model(ids.to(device), padding).float()  # (b, n, c)
             vecs = pool(hidden, real.to(device), self.sentence, normalize=normalize)  # (b, c')
             for j, i in enumerate(idx):
                 out[i] = vecs[j].cpu()

@@ -192,3 +192,13 @@ def test_model_keeps_its_backend_and_never_asks_for_weights():
         BACKENDS.pop("spy-capture-test")
     assert got.weights.shape == (1, 1, 1, 4, 6)
     assert len(calls) >= 3 + 2 and not any(calls)  # 3 encoder layers, decoder layers 0-1 ran; none asked for weights
+
+
+def test_linear_attention_layers_are_refused():
+    cfg = preset("tiny", attention_type="linear")
+    model = build_model(cfg).eval()
+    src, tgt = _tokens(1, 5, cfg.vocab_size), _tokens(1, 3, cfg.vocab_size, seed=4)
+    with pytest.raises(ValueError, match="linear attention, which forms no attention weights"):
+        capture_attention(model, (src, tgt), kind="encoder")
+    got = capture_attention(model, (src, tgt), kind="cross")  # cross-attention stays softmax
+    torch.testing.assert_close(got.weights.sum(-1), torch.ones(1, 2, 4, 3), atol=1e-6, rtol=0)

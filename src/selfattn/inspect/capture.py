@@ -84,6 +84,14 @@ def available_kinds(model: nn.Module) -> list[str]:
     return [k for k in KINDS if _has_kind(model, k)]
 
 
+def check_softmax(mods: list[MultiHeadAttention], layers: list[int], kind: str) -> None:
+    """Linear attention (Katharopoulos et al., 2020) forms no weight map: refuse rather than invent one."""
+    linear = [i for i in layers if kind != "cross" and getattr(mods[i], "attention_type", "softmax") == "linear"]
+    if linear:
+        raise ValueError(f"{kind} layers {linear} use linear attention, which forms no attention weights; "
+                         "only softmax attention layers can be captured")
+
+
 def _indices(name: str, given: int | Iterable[int] | None, size: int) -> list[int]:
     """Validate a selection of layers/heads/rows: None = all, an int, a range or ints in [0, size)."""
     if given is None:
@@ -220,6 +228,7 @@ def capture_attention(model: nn.Module, inputs: Any, *, kind: str | None = None,
     kind = (kinds[0] if kinds else "encoder") if kind is None else kind
     mods = attention_modules(model, kind)
     want = _indices("layers", layers, len(mods))
+    check_softmax(mods, want, kind)
     state: dict[str, Any] = {"seen": set(), "out": None}
 
     def observer_for(li: int):

@@ -25,7 +25,7 @@ from rich.table import Table
 from torch import Tensor
 
 from ..attention import alibi_bias, structural_mask
-from .capture import _run, attention_modules, available_kinds
+from .capture import _run, attention_modules, available_kinds, check_softmax
 
 
 @dataclass
@@ -84,6 +84,7 @@ def explain_steps(model, inputs, labels: list[str], opts: ExplainOptions = Expla
     mods = attention_modules(model, kind)
     if not 0 <= opts.layer < len(mods):
         raise ValueError(f"layer must be in [0, {len(mods)}) for this model, got {opts.layer}")
+    check_softmax(mods, [opts.layer], kind)
     attn = mods[opts.layer]
     h, g, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
     if not 0 <= opts.head < h:

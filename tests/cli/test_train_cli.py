@@ -84,3 +84,19 @@ def test_bad_run_dir_files_give_one_line_errors(tmp_path, capsys):
     binary.write_bytes(b"\xff\xfe\xfa" * 50)
     assert main(["train", "--data", str(binary), "--run-dir", str(tmp_path / "r")]) == 2
     assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_char_lm_train_and_generate(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question. " * 20, encoding="utf-8")
+    run = tmp_path / "lm"
+    assert main(["train", "--data", str(text), "--block-size", "16", "--steps", "3", "--run-dir", str(run),
+                 "--no-progress", "--set", "d_model=32", "--set", "d_ff=64", "--set", "batch_size=4",
+                 "--set", "eval_every=3"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(run), "--max-new-tokens", "10", "--sample", "to be"]) == 0
+    out = capsys.readouterr().out.rstrip("\n")
+    assert out.startswith("to be") and len(out) == len("to be") + 10 and set(out) <= set(text.read_text())
+    assert main(["generate", "--checkpoint", str(run), "to be", "q"]) == 0  # prompts of different lengths
+    assert main(["generate", "--checkpoint", str(run), "ZZZ"]) == 2  # characters outside the vocabulary
+    assert "not in the" in capsys.readouterr().err

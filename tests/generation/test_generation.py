@@ -177,3 +177,17 @@ def test_stop_tokens_end_rows_and_bad_arguments_raise():
         sample(model, prompt=torch.tensor([[3]]), temperature=0)
     with pytest.raises(ValueError, match="beam_size"):
         beam_search(model, prompt=torch.tensor([[3]]), beam_size=2, num_return=3)
+
+
+def test_learned_positions_crop_the_context_past_max_len():
+    """Past the learned table, each step sees the last max_len tokens (nanoGPT): compare with that directly."""
+    torch.manual_seed(0)
+    cfg = selfattn.preset("char-lm", vocab_size=20, d_model=32, d_ff=64, num_decoder_layers=2, max_len=8)
+    model = selfattn.build_model(cfg).eval()
+    prompt = torch.tensor([[3, 4, 5, 6, 7]])
+    out = greedy(model, prompt=prompt, max_new_tokens=10)[0]
+    seq = prompt[0].tolist()
+    with torch.no_grad():
+        for _ in range(10):
+            seq.append(int(model(torch.tensor([seq[-8:]]))[0, -1].argmax()))
+    assert out == seq[5:]

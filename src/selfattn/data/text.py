@@ -70,5 +70,6 @@ class CharLMTask:
                 "train_fraction": self.train_fraction, "seed": self.seed, "vocab": self.vocab.to_dict()}
 
     def model_overrides(self) -> dict:
-        return {"kind": "decoder", "vocab_size": len(self.vocab), "pad_id": None,
-                "max_len": max(self.block_size, 64)}
+        # learned positions beyond the training context would be untrained: generation crops the context to
+        # the last max_len tokens instead (as nanoGPT does)
+        return {"kind": "decoder", "vocab_size": len(self.vocab), "pad_id": None, "max_len": self.block_size}

@@ -34,6 +34,10 @@ class _Session:
         self.cache = model.new_cache() if use_cache else None
         self.tokens = prefix  # (b, t) everything fed so far
         self.pending = prefix  # tokens not yet fed through the cache
+        cfg = getattr(model, "cfg", None)
+        # a learned position table ends at max_len: past it, crop the context to the last max_len tokens and
+        # recompute without the cache (nanoGPT's sliding context); other encodings extend to any length
+        self.window = cfg.max_len if cfg is not None and cfg.positional == "learned" else None
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.encdec:
@@ -42,7 +46,11 @@ class _Session:
 
     def logits(self) -> Tensor:
         """(b, V) logits for the next position."""
-        x = self.pending if self.use_cache else self.tokens
+        if self.window is not None and self.tokens.shape[1] > self.window:
+            self.use_cache, self.cache = False, None
+            x = self.tokens[:, -self.window :]  # (b, window)
+        else:
+            x = self.pending if self.use_cache else self.tokens
         out = self._forward(x)[:, -1]  # (b, V)
         return out if out.dtype == torch.float64 else out.float()
 

@@ -17,7 +17,14 @@ def run(args) -> int:
     from ..data import task_from_spec
     from ..training import evaluate
     from ..training.run import load_run
+    from ..training.trainer import read_run_config
 
+    if read_run_config(args.checkpoint).get("task", {}).get("name") == "translate":
+        from ..translation.cli_args import evaluate_run
+
+        return evaluate_run(args)  # BLEU / chrF with sacreBLEU signatures
+    if args.split != "val":
+        raise ValueError(f"--split {args.split} exists only for translation runs; this run has 'val'")
     model, _, config = load_run(args.checkpoint, step=args.step, average_last=args.average_last)
     task = task_from_spec(config["task"])
     metrics = evaluate(model, task, args.split, batch_size=args.batch_size)
@@ -31,6 +38,9 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run directory written by `selfattn train`")
     p.add_argument("--step", type=int, help="use this checkpoint step (default: the latest)")
     p.add_argument("--average-last", type=int, default=0, metavar="K", help="average the last K checkpoints")
-    p.add_argument("--split", default="val", choices=("val",), help="which split (default val)")
+    p.add_argument("--split", default="val", choices=("val", "test"), help="which split (default val)")
     p.add_argument("--batch-size", type=int, default=256)
+    from ..translation.cli_args import add_evaluate_arguments
+
+    add_evaluate_arguments(p)
     p.set_defaults(func=run)

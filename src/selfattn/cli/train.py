@@ -24,6 +24,10 @@ The run directory holds config.json, checkpoints/, metrics.jsonl and loss.png; `
 def _task(args):
     from ..data import CharLMTask, SyntheticTask
 
+    if args.task == "translate":  # parallel corpus in --data DIR (selfattn.translation)
+        from ..translation.cli_args import task_from_args
+
+        return task_from_args(args)
     if (args.task is None) == (args.data is None):
         raise CLIError("give exactly one of --task NAME or --data FILE")
     if args.data is not None:
@@ -56,7 +60,7 @@ def run(args) -> int:
             raise CLIError("--resume cannot change the model config; only TrainConfig fields")
     else:
         task = _task(args)
-        default = "char-lm" if args.data else "tiny"
+        default = "small" if args.task == "translate" else "char-lm" if args.data else "tiny"
         model_cfg = preset(args.preset or default, **task.model_overrides())
         model_cfg, train_cfg = apply_overrides(model_cfg, TrainConfig(seed=args.seed), args.set)
         if run_dir is None:
@@ -92,7 +96,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("train", help="train on a built-in task (copy/reverse/sort/addition) or a text file",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=("copy", "reverse", "sort", "addition"), help="a built-in sequence task")
+    p.add_argument("--task", choices=("copy", "reverse", "sort", "addition", "translate"),
+                   help="a built-in sequence task, or translate (see the translation options below)")
     p.add_argument("--data", help="a UTF-8 text file for character-level language modelling")
     p.add_argument("--preset", help="model preset (default: tiny for tasks, char-lm for --data)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -105,4 +110,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for init, dropout and data (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ... (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    from ..translation.cli_args import add_train_arguments
+
+    add_train_arguments(p)
     p.set_defaults(func=run)

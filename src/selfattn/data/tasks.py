@@ -226,4 +226,8 @@ def task_from_spec(spec: dict):
         from .text import CharLMTask
 
         return CharLMTask(**spec)
+    if name == "translate":
+        from ..translation.task import TranslationTask
+
+        return TranslationTask.from_spec(spec)
     return SyntheticTask(name, **spec)

@@ -1,0 +1,60 @@
+"""``selfattn translate``: translate sentences from stdin (one per line) with a trained translation run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = """Translate stdin to stdout, one sentence per line, with a run directory written by
+`selfattn train --task translate` (the run holds the model and its SentencePiece vocabulary).
+
+examples:
+  echo "Ein Mann fährt Fahrrad." | selfattn translate --checkpoint runs/m30k
+  selfattn translate --checkpoint runs/m30k --beam 5 --average-last 3 < test.de > test.hyp.en
+  selfattn translate --checkpoint runs/m30k --beam 4 --nbest 4 < in.de     # "i ||| text ||| score" lines
+
+Sentences are translated in length-sorted batches (--batch-tokens source pieces each) and written in
+input order. Scores are log-probabilities divided by the GNMT length penalty ((5+L)/6)^alpha."""
+
+
+def run(args) -> int:
+    from ..translation import DecodeConfig, load_translation_run, translate
+    from . import CLIError
+
+    cfg = DecodeConfig(beam=args.beam, nbest=args.nbest, alpha=args.alpha, batch_tokens=args.batch_tokens)
+    model, sp, _ = load_translation_run(args.checkpoint, step=args.step, average_last=args.average_last)
+    stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
+    try:
+        lines = [line.strip() for line in stream]
+    except UnicodeDecodeError as e:
+        raise CLIError(f"input is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    finally:
+        if args.input:
+            stream.close()
+    todo = [i for i, line in enumerate(lines) if line]  # empty lines translate to empty lines
+    results = translate(model, sp, [lines[i] for i in todo], cfg)
+    by_line = dict(zip(todo, results))
+    out = sys.stdout
+    for i in range(len(lines)):
+        hyps = by_line.get(i, [("", 0.0)])
+        if args.nbest == 1:
+            out.write(hyps[0][0] + "\n")
+        else:
+            for text, score in hyps:
+                out.write(f"{i} ||| {text} ||| {score:.4f}\n")
+    out.flush()
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("translate", help="translate stdin with a trained translation run (beam search, n-best)",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="run directory of `selfattn train --task translate`")
+    p.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy (default 4, the paper's)")
+    p.add_argument("--nbest", type=int, default=1, help="hypotheses per sentence (<= beam; default 1)")
+    p.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty exponent (default 0.6)")
+    p.add_argument("--average-last", type=int, default=0, metavar="K", help="average the last K checkpoints")
+    p.add_argument("--step", type=int, help="use this checkpoint step (default: the latest)")
+    p.add_argument("--batch-tokens", type=int, default=2048, help="source pieces per batch (default 2048)")
+    p.add_argument("--input", metavar="FILE", help="read FILE instead of stdin")
+    p.set_defaults(func=run)

@@ -1,0 +1,98 @@
+"""The translation options of ``selfattn train --task translate`` and ``selfattn evaluate`` on a translation run.
+
+``selfattn train`` and ``selfattn evaluate`` (in :mod:`selfattn.cli`) call these hooks, so the translation
+options live next to the translation code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("translation (--task translate; --data DIR holds SPLIT.SRC / SPLIT.TGT files, "
+                             "splits train, val, test or test2016; without --data Multi30k is downloaded)")
+    g.add_argument("--src", default="de", help="source language suffix (default de)")
+    g.add_argument("--tgt", default="en", help="target language suffix (default en)")
+    g.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary (default 8000)")
+    g.add_argument("--subword-type", default="unigram", choices=("unigram", "bpe"), help="default unigram")
+    g.add_argument("--max-tokens", type=int, default=4096,
+                   help="padded tokens per side per batch (replaces batch_size; default 4096)")
+    g.add_argument("--max-len", type=int, default=128, help="drop training pairs with more pieces (default 128)")
+    g.add_argument("--empty-pairs", default="skip", choices=("skip", "error"),
+                   help="pairs with an empty side: skip and count (default) or stop with file:line")
+    g.add_argument("--bleu-eval-size", type=int, default=200,
+                   help="val sentences greedily translated for BLEU at each evaluation (default 200; 0 = off)")
+    g.add_argument("--word-dropout", type=float, default=0.0, help="P(drop a source word) (default 0)")
+    g.add_argument("--blank", type=float, default=0.0, help="P(replace a source word by <unk>) (default 0)")
+    g.add_argument("--switchout", type=float, default=0.0, help="P(replace a token by a random one) (default 0)")
+    g.add_argument("--subword-alpha", type=float, default=0.0,
+                   help="subword regularisation: unigram sampling smoothing / BPE-dropout rate (default 0 = off)")
+
+
+def task_from_args(args):
+    """The :class:`TranslationTask` described by ``selfattn train`` arguments (trains the subword model)."""
+    from ..data.augment import AugmentConfig
+    from ..data.parallel import multi30k
+    from .task import TranslateConfig, TranslationTask
+
+    data = args.data
+    if data is None:
+        print("no --data: using Multi30k task 1 (downloaded once into ~/.cache/selfattn/multi30k)")
+        data = str(multi30k(None, args.src, args.tgt)["train"][0].parent)
+    aug = AugmentConfig(word_dropout=args.word_dropout, blank=args.blank, switchout=args.switchout,
+                        subword_alpha=args.subword_alpha)
+    cfg = TranslateConfig(data=str(data), src=args.src, tgt=args.tgt, vocab_size=args.vocab_size,
+                          subword_type=args.subword_type, max_tokens=args.max_tokens, max_len=args.max_len,
+                          empty=args.empty_pairs, bleu_eval_size=args.bleu_eval_size, seed=args.seed, augment=aug)
+    t0 = time.perf_counter()
+    task = TranslationTask(cfg, verbose=True)
+    print(f"translation data ready in {time.perf_counter() - t0:.1f} s: {len(task.train_ids)} pairs in "
+          f"{len(task.batches)} batches of <= {cfg.max_tokens} tokens per side")
+    return task
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("translation runs (BLEU / chrF with sacreBLEU signatures)")
+    g.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy (default 4, the paper's)")
+    g.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty (default 0.6)")
+    g.add_argument("--num-sentences", type=int, default=0, help="only the first N sentences (default all)")
+    g.add_argument("--hyp-out", metavar="FILE", help="also write the translations to FILE")
+
+
+def evaluate_run(args) -> int:
+    """``selfattn evaluate --checkpoint RUN`` for a translation run: BLEU, lowercased BLEU, chrF, signatures."""
+    from ..data.parallel import ReadConfig, read_parallel
+    from ..training.checkpoint import atomic_write_bytes
+    from .metrics import corpus_scores
+    from .task import TranslateConfig, _find_split
+    from .translate import DecodeConfig, load_translation_run, translate
+
+    model, sp, config = load_translation_run(args.checkpoint, step=args.step, average_last=args.average_last)
+    spec = {k: v for k, v in config["task"].items() if k not in ("name", "subword")}
+    cfg = TranslateConfig(**spec)
+    corpus = read_parallel(*_find_split(cfg.data, args.split, cfg.src, cfg.tgt), ReadConfig(empty="skip"))
+    srcs, refs = corpus.src, corpus.tgt
+    if args.num_sentences:
+        srcs, refs = srcs[: args.num_sentences], refs[: args.num_sentences]
+    t0 = time.perf_counter()
+    hyps = [h[0][0] for h in translate(model, sp, srcs, DecodeConfig(beam=args.beam, alpha=args.alpha))]
+    seconds = time.perf_counter() - t0
+    if args.hyp_out:
+        atomic_write_bytes(args.hyp_out, ("\n".join(hyps) + "\n").encode())
+    s = corpus_scores(hyps, refs)
+    print(f"{args.split}: {len(refs)} sentences ({cfg.src}->{cfg.tgt}), beam {args.beam}, "
+          f"{len(refs) / max(seconds, 1e-9):.1f} sentences/s", file=sys.stderr)
+    print(f"BLEU    {s['bleu']:.2f}  {s['signatures']['bleu']}")
+    print(f"BLEU-lc {s['bleu_lc']:.2f}  {s['signatures']['bleu_lc']}")
+    print(f"chrF    {s['chrf']:.2f}  {s['signatures']['chrf']}")
+    print(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, "beam": args.beam,
+                      "bleu": s["bleu"], "bleu_lc": s["bleu_lc"], "chrf": s["chrf"],
+                      "signatures": s["signatures"], "sentences": len(refs), "seconds": seconds}))
+    return 0
+
+
+__all__ = ["add_evaluate_arguments", "add_train_arguments", "evaluate_run", "task_from_args"]

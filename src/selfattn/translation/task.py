@@ -1,0 +1,181 @@
+"""The translation task: a parallel corpus behind the Trainer's task interface (see :mod:`selfattn.data.tasks`).
+
+Legend: b batch, m source length, n target length.
+
+Data: ``DIR/{train,val,test}.{SRC,TGT}`` (``test2016`` is accepted for ``test``, as in Multi30k).
+A joint SentencePiece model is trained on both sides of ``train`` when the task is created, and stored
+(base64) in :meth:`TranslationTask.spec`, i.e. in the run directory's ``config.json``: the run directory
+alone is enough to translate.
+
+Batches (the paper's §5.1): pairs are grouped once by length into batches of at most ``max_tokens`` padded
+source and ``max_tokens`` padded target tokens (:func:`selfattn.data.batching.token_batches`); every epoch
+visits all batches in a fresh random order (fairseq's scheme). ``task.batch("train", i, size)`` is a pure
+function of (seed, i) — augmentation and subword sampling are seeded by i too — so resuming is exact;
+``size`` (TrainConfig.batch_size) is ignored: ``max_tokens`` sets the batch. With subword sampling the
+sampled segmentation can be a little longer than the deterministic one the budget was planned on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from ..data.augment import AugmentConfig, augment_pair
+from ..data.batching import token_batches
+from ..data.parallel import ReadConfig, read_parallel, split_files
+from ..data.subword import Subword, SubwordConfig, train_subword
+from ..data.tasks import Batch, seq2seq_batch
+
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "dev"), "test": ("test", "test2016")}
+
+
+@dataclass
+class TranslateConfig:
+    data: str = ""  # directory with {train,val,test}.{src,tgt}
+    src: str = "de"  # source language suffix
+    tgt: str = "en"  # target language suffix
+    vocab_size: int = 8000  # joint SentencePiece vocabulary (Multi30k scale)
+    subword_type: str = "unigram"  # "unigram" or "bpe"
+    max_tokens: int = 4096  # padded tokens per side per batch; the paper used ~25k on 8 GPUs (§5.1)
+    max_len: int = 128  # drop training pairs with more subword pieces than this on a side (counted)
+    empty: str = "skip"  # empty pairs: "skip" (counted) or "error"
+    bleu_eval_size: int = 200  # val sentences greedily decoded for BLEU at each evaluation; 0 = loss only
+    seed: int = 0  # batch composition/order, augmentation and subword sampling
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+        if self.max_tokens < self.max_len + 1:
+            raise ValueError(f"max_tokens ({self.max_tokens}) must be > max_len ({self.max_len}) so every kept "
+                             "pair fits in a batch")
+        if self.max_len < 1 or self.bleu_eval_size < 0:
+            raise ValueError(f"need max_len >= 1 and bleu_eval_size >= 0, got {self.max_len}, {self.bleu_eval_size}")
+
+
+def _find_split(directory: str, split: str, src: str, tgt: str) -> tuple[Path, Path]:
+    err: Exception | None = None
+    for name in SPLIT_NAMES[split]:
+        try:
+            return split_files(directory, name, src, tgt)
+        except FileNotFoundError as e:
+            err = err or e
+    raise FileNotFoundError(f"no {split} split ({' or '.join(SPLIT_NAMES[split])}): {err}")
+
+
+class TranslationTask:
+    name = "translate"
+    kind = "seq2seq"
+
+    def __init__(self, cfg: TranslateConfig, subword: Subword | None = None, *, verbose: bool = False):
+        self.cfg = cfg
+        self.log = print if verbose else (lambda *a, **k: None)
+        read = ReadConfig(empty=cfg.empty)
+        train = read_parallel(*_find_split(cfg.data, "train", cfg.src, cfg.tgt), read)
+        self.log(f"train: {train.report()}")
+        if subword is None:
+            sub_cfg = SubwordConfig(vocab_size=cfg.vocab_size, model_type=cfg.subword_type, seed=cfg.seed)
+            subword = train_subword(train.src + train.tgt, sub_cfg)
+            self.log(f"subword: trained a joint {cfg.subword_type} model with {len(subword)} pieces")
+        self.subword, self.vocab = subword, subword.vocab()
+        src_ids, tgt_ids = subword.encode_batch(train.src), subword.encode_batch(train.tgt)
+        keep = [i for i in range(len(src_ids)) if 0 < len(src_ids[i]) <= cfg.max_len
+                and 0 < len(tgt_ids[i]) <= cfg.max_len]
+        self.filtered_long = len(src_ids) - len(keep)
+        self.train_text = [(train.src[i], train.tgt[i]) for i in keep]
+        self.train_ids = [(src_ids[i], tgt_ids[i]) for i in keep]
+        self.log(f"train: kept {len(keep)} pairs, {self.filtered_long} over {cfg.max_len} pieces filtered")
+        g = torch.Generator().manual_seed(cfg.seed)
+        self.batches = token_batches([len(s) for s, _ in self.train_ids], [len(t) + 1 for _, t in self.train_ids],
+                                     cfg.max_tokens, generator=g)  # +1: bos / eos on the target side
+        self._eval: dict[str, tuple[list[str], list[str], list[tuple[list[int], list[int]]]]] = {}
+
+    # -- the task interface ---------------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> list[int]:
+        if getattr(self, "_order_epoch", None) != epoch:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            self._order, self._order_epoch = torch.randperm(len(self.batches), generator=g).tolist(), epoch
+        return self._order
+
+    def batch(self, split: str, index: int, size: int) -> Batch:
+        if split != "train":
+            pairs = self.eval_pairs(split)[2][:size]
+            return seq2seq_batch(pairs, self.vocab)
+        epoch, j = divmod(index, len(self.batches))
+        members = self.batches[self._epoch_order(epoch)[j]]
+        aug = self.cfg.augment
+        if not aug.active:
+            return seq2seq_batch([self.train_ids[i] for i in members], self.vocab)
+        g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + index * 104_729 + 17)
+        sp = self.subword
+        pairs = []
+        if aug.subword_alpha:
+            import sentencepiece as spm
+
+            spm.set_random_generator_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+        for i in members:
+            if aug.subword_alpha:
+                s_text, t_text = self.train_text[i]
+                src = sp.encode(s_text, sample=True, alpha=aug.subword_alpha)[: self.cfg.max_len] or [sp.unk_id]
+                tgt = sp.encode(t_text, sample=True, alpha=aug.subword_alpha)[: self.cfg.max_len] or [sp.unk_id]
+            else:
+                src, tgt = self.train_ids[i]
+            src, tgt = augment_pair(src, tgt, aug, word_starts=sp.word_starts(src), unk_id=sp.unk_id,
+                                    vocab_low=4, vocab_high=len(sp), g=g)
+            pairs.append((src, tgt))
+        return seq2seq_batch(pairs, self.vocab)
+
+    def eval_pairs(self, split: str) -> tuple[list[str], list[str], list[tuple[list[int], list[int]]]]:
+        """(source sentences, reference sentences, encoded pairs) of ``split`` ("val" or "test"), unfiltered."""
+        if split not in ("val", "test"):
+            raise ValueError(f"evaluation split must be 'val' or 'test', got {split!r}")
+        if split not in self._eval:
+            corpus = read_parallel(*_find_split(self.cfg.data, split, self.cfg.src, self.cfg.tgt),
+                                   ReadConfig(empty="skip"))
+            ids = list(zip(self.subword.encode_batch(corpus.src), self.subword.encode_batch(corpus.tgt)))
+            ids = [(s or [self.subword.unk_id], t) for s, t in ids]
+            self._eval[split] = (corpus.src, corpus.tgt, ids)
+        return self._eval[split]
+
+    def eval_batches(self, split: str = "val", size: int = 256) -> Iterator[Batch]:
+        pairs = self.eval_pairs(split)[2]
+        for i in range(0, len(pairs), size):
+            yield seq2seq_batch(pairs[i : i + size], self.vocab)
+
+    def evaluate(self, model, split: str = "val", *, num_sentences: int | None = None) -> dict:
+        """Loss and token accuracy on all of ``split``, plus greedy BLEU/chrF on its first sentences."""
+        from ..training.evaluate import evaluate as loss_eval
+        from .metrics import corpus_scores
+        from .translate import DecodeConfig, translate
+
+        out = loss_eval(model, self, split, batch_size=128, exact_match=False)
+        n = self.cfg.bleu_eval_size if num_sentences is None else num_sentences
+        if n:
+            srcs, refs, _ = self.eval_pairs(split)
+            hyps = [h[0][0] for h in translate(model, self.subword, srcs[:n], DecodeConfig(beam=1))]
+            scores = corpus_scores(hyps, refs[:n])
+            out.update(bleu=scores["bleu"], bleu_lc=scores["bleu_lc"], chrf=scores["chrf"])
+        return out
+
+    def spec(self) -> dict:
+        d = asdict(self.cfg)
+        return {"name": self.name, **d, "subword": self.subword.to_base64()}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "TranslationTask":
+        spec = dict(spec)
+        spec.pop("name", None)
+        b64 = spec.pop("subword", None)
+        cfg = TranslateConfig(**spec)
+        sub = Subword.from_base64(b64, cfg.subword_type) if b64 else None
+        return cls(cfg, sub)
+
+    def model_overrides(self) -> dict:
+        return {"kind": "encoder-decoder", "vocab_size": len(self.subword), "pad_id": self.subword.pad_id,
+                "share_embeddings": True, "max_len": max(512, 2 * self.cfg.max_len + 16)}
+
+
+__all__ = ["TranslateConfig", "TranslationTask"]

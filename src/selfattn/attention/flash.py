@@ -25,6 +25,7 @@ bfloat16 ones (no AVX-512 BF16 units), see ``benchmarks/attention.py``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,7 @@ class FlashConfig:
 
 
 DEFAULT_CONFIG = FlashConfig()
+_FLOOR = -1e30  # initial running maximum: below any finite score, above -inf
 
 
 def _key_range(i0: int, i1: int, n: int, m: int, causal: bool, window) -> tuple[int, int]:
@@ -55,8 +57,8 @@ def _key_range(i0: int, i1: int, n: int, m: int, causal: bool, window) -> tuple[
     return lo, max(lo, hi)
 
 
-def _block_allowed(i0, i1, j0, j1, n, m, causal, window, device) -> Tensor | None:
-    """(bq, bk) boolean, True = may attend, or None when every pair in the block is allowed."""
+def _block_forbidden(i0, i1, j0, j1, n, m, causal, window, device) -> Tensor | None:
+    """(bq, bk) boolean, True = may NOT attend, or None when every pair in the block is allowed."""
     left, right = window if window is not None else (None, None)
     if causal:
         right = 0 if right is None else min(right, 0)
@@ -64,20 +66,26 @@ def _block_allowed(i0, i1, j0, j1, n, m, causal, window, device) -> Tensor | Non
     full = (left is None or j0 >= p1 - left) and (right is None or j1 - 1 <= p0 + right)
     if full:
         return None
-    pos = torch.arange(i0, i1, device=device).unsqueeze(1) + (m - n)  # (bq, 1)
-    j = torch.arange(j0, j1, device=device).unsqueeze(0)  # (1, bk)
-    ok = torch.ones(i1 - i0, j1 - j0, dtype=torch.bool, device=device)
+    # the pattern depends only on the block's diagonal offset: cached across blocks and calls
+    return _forbidden_pattern(p0 - j0, i1 - i0, j1 - j0, left, right, str(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _forbidden_pattern(offset, bq, bk, left, right, device) -> Tensor:
+    pos = torch.arange(bq, device=device).unsqueeze(1) + offset  # (bq, 1) key position - j0
+    j = torch.arange(bk, device=device).unsqueeze(0)  # (1, bk)
+    bad = torch.zeros(bq, bk, dtype=torch.bool, device=device)
     if left is not None:
-        ok &= j >= pos - left
+        bad |= j < pos - left
     if right is not None:
-        ok &= j <= pos + right
-    return ok
+        bad |= j > pos + right
+    return bad
 
 
 def _scores(qb, kb, i0, i1, j0, j1, n, m, scale, causal, window, kpm, slopes) -> Tensor:
     """Masked scores of one block, (b, g, r, bq, bk) in the compute dtype, -inf where forbidden.
 
-    qb: (b, g, r*bq, d) query block; kb: (b, g, bk, d) key block; kpm: (b|1, m) bool or None;
+    qb: (b, g, r*bq, d) query block; kb: (b, g, bk, d) key block; kpm: (b|1, m) bool, True = padded;
     slopes: (1, g, r, 1, 1) ALiBi slopes or None.
     """
     b, g, _, _ = qb.shape
@@ -88,12 +96,11 @@ def _scores(qb, kb, i0, i1, j0, j1, n, m, scale, causal, window, kpm, slopes) ->
         pos = torch.arange(i0, i1, device=s.device, dtype=s.dtype).unsqueeze(1) + (m - n)  # (bq, 1)
         j = torch.arange(j0, j1, device=s.device, dtype=s.dtype).unsqueeze(0)  # (1, bk)
         s.sub_(slopes * (pos - j).abs())
-    ok = _block_allowed(i0, i1, j0, j1, n, m, causal, window, s.device)  # (bq, bk) or None
-    if kpm is not None:
-        pad = kpm[:, j0:j1].view(kpm.shape[0], 1, 1, 1, bk)  # (b|1, 1, 1, 1, bk)
-        ok = pad if ok is None else (ok & pad)
-    if ok is not None:
-        s.masked_fill_(~ok, float("-inf"))
+    bad = _block_forbidden(i0, i1, j0, j1, n, m, causal, window, s.device)  # (bq, bk) or None
+    if bad is not None:
+        s.masked_fill_(bad, float("-inf"))
+    if kpm is not None:  # kpm holds True = padded (may NOT attend), see FlashFunction
+        s.masked_fill_(kpm[:, j0:j1].view(kpm.shape[0], 1, 1, 1, bk), float("-inf"))
     return s
 
 
@@ -113,24 +120,23 @@ def _forward(q5, k, v, kpm, slopes, scale, causal, window, cfg) -> tuple[Tensor,
             continue
         bq = i1 - i0
         qb = q5[:, :, :, i0:i1].reshape(b, g, r * bq, -1)  # (b, g, r*bq, d)
-        row_max = q5.new_full((b, g, r, bq, 1), float("-inf"))
+        # a finite floor instead of -inf: exp(-inf - floor) = 0 and no isfinite() fix-ups per block
+        row_max = q5.new_full((b, g, r, bq, 1), _FLOOR)
         denom = q5.new_zeros(b, g, r, bq, 1)
         acc = q5.new_zeros(b, g, r, bq, e)
         for j0 in range(lo, hi, cfg.block_k):
             j1 = min(j0 + cfg.block_k, hi)
             s = _scores(qb, k[:, :, j0:j1], i0, i1, j0, j1, n, m, scale, causal, window, kpm, slopes)
             new_max = torch.maximum(row_max, s.amax(dim=-1, keepdim=True))  # (b, g, r, bq, 1)
-            safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-            p = s.sub_(safe).exp_()  # (b, g, r, bq, bk); forbidden keys give exp(-inf) = 0
-            alpha = torch.exp(row_max - safe)  # rescales what was accumulated so far
+            p = s.sub_(new_max).exp_()  # (b, g, r, bq, bk); forbidden keys give exp(-inf) = 0
+            alpha = torch.exp(row_max - new_max)  # rescales what was accumulated so far
             denom.mul_(alpha).add_(p.sum(dim=-1, keepdim=True))
             pv = torch.matmul(p.view(b, g, r * bq, -1), v[:, :, j0:j1])  # (b, g, r*bq, e)
             acc.mul_(alpha).add_(pv.view(b, g, r, bq, e))
             row_max = new_max
         live = denom > 0
         out[:, :, :, i0:i1] = torch.where(live, acc / torch.where(live, denom, 1.0), 0.0)
-        safe = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-        lse[:, :, :, i0:i1] = torch.where(live, safe + torch.log(torch.where(live, denom, 1.0)),
+        lse[:, :, :, i0:i1] = torch.where(live, row_max + torch.log(torch.where(live, denom, 1.0)),
                                           float("inf")).squeeze(-1)
     return out, lse
 
@@ -216,7 +222,7 @@ def flash_attention(
         if full.shape[1] != 1 or full.shape[2] != 1:
             raise ValueError(f"flash attention takes only key-padding masks (B|1, 1, 1, Nk), got "
                              f"mask of shape {tuple(mask.shape)}")
-        kpm = full[:, 0, 0, :].expand(full.shape[0], k.shape[2]).contiguous()  # (b|1, m)
+        kpm = ~full[:, 0, 0, :].expand(full.shape[0], k.shape[2])  # (b|1, m), True = padded
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     out = FlashFunction.apply(q, k, v, kpm, alibi_slopes, scale, bool(causal), window, config)
     return out, None

@@ -47,9 +47,13 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decode.json"))
     args = ap.parse_args()
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     n_ctx = args.prompt + args.new_tokens
     torch.manual_seed(0)

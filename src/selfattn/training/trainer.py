@@ -14,7 +14,8 @@ rank takes rows ``rank::world`` of it. The loss is the token-sum divided by the 
 of the whole step (all ranks, all micro-batches), times ``world`` because DDP averages gradients: the
 gradient then equals one process training on the same global batch.
 Checkpoints (rank 0 only) hold everything needed to continue bit-exactly (see ``checkpoint``).
-Evaluation: ``task.evaluate(model, split)`` when the task defines it (e.g. BLEU), else :func:`evaluate`.
+Evaluation: ``task.evaluate(model, split) -> dict`` when the task defines it (e.g. BLEU; it must include
+"loss", which early stopping watches), else :func:`evaluate`.
 """
 
 from __future__ import annotations

@@ -62,3 +62,21 @@ def test_auto_result_equals_math_on_a_flash_case():
     out = selfattn.attention(q, k, v, window=window)
     ref = selfattn.attention(q[:, :, -64:], k, v, window=window, backend="math")
     torch.testing.assert_close(out[:, :, -64:], ref, atol=1e-12, rtol=1e-12)
+
+
+def test_bfloat16_on_cpu_runs_sdpa_in_float32():
+    q, k, v = (t.bfloat16().requires_grad_() for t in _qkv(64))
+    choice = selfattn.explain_backend(q, k, v, causal=True)
+    if torch.backends.cpu.get_cpu_capability() == "AVX2":
+        assert choice.chosen == "torch_f32"
+    else:
+        assert "AVX2" in choice.reasons["torch_f32"]
+    out = selfattn.attention(q, k, v, causal=True, backend="torch_f32")
+    ref = selfattn.attention(*(t.detach().double() for t in (q, k, v)), causal=True, backend="math")
+    eps = torch.finfo(torch.bfloat16).eps  # float32 compute: only the output rounding is bf16
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), ref, atol=eps * ref.abs().max().item(), rtol=eps)
+    out.float().sum().backward()
+    assert q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad).all()
+    f32 = selfattn.explain_backend(*(t.float() for t in (q, k, v)))
+    assert "only for bfloat16/float16" in f32.reasons["torch_f32"]

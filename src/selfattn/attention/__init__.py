@@ -17,12 +17,16 @@ from .registry import (
 from .spec import AttentionCall, alibi_bias, structural_mask
 from .torch_backend import torch_attention, torch_supports
 from .flash import flash_attention, flash_auto_declines, flash_supports
+from .flash_bf16 import torch_f32_attention, torch_f32_auto_declines, torch_f32_supports
 from .triton_backend import triton_attention, triton_supports
 
 register_backend("math", math_attention, math_supports, priority=0,
                  description="readable reference: explicit scores, float32 softmax, can return weights")
 register_backend("torch", torch_attention, torch_supports, priority=10,
                  description="PyTorch's fused scaled_dot_product_attention, fully-masked rows made safe")
+register_backend("torch_f32", torch_f32_attention, torch_f32_supports, priority=12,
+                 auto_declines=torch_f32_auto_declines,
+                 description="bf16/fp16 on CPU: SDPA on float32 copies (bf16 matmuls are slow on AVX2 CPUs)")
 register_backend("flash", flash_attention, flash_supports, priority=15,
                  auto_declines=flash_auto_declines,
                  description="exact blockwise attention (online softmax), O(N) memory forward and backward")

@@ -1,0 +1,57 @@
+"""Backend "torch_f32": the bfloat16/float16 CPU path — PyTorch SDPA run in float32.
+
+Legend: b batch, h query heads, g kv heads, n queries, m keys, d q/k head dim, e v head dim.
+Mask convention: boolean True = may attend; ``causal`` is bottom-right aligned (query i may attend
+key j when j <= i + m - n); rows with no allowed key give 0 (all handled by backend "torch").
+
+Why: on a CPU without AVX-512 BF16 units (the AVX2 AMD EPYC this was measured on) bfloat16
+matmuls run at ~0.5-1.5 GFLOP/s against 8-40 GFLOP/s in float32, and SDPA's bfloat16 backward
+uses them: at B=1, H=8, N=2048, D=64, causal, SDPA bf16 took 3.1 s forward+backward, the same
+SDPA on float32 copies 0.58 s (5.4x faster) and 0.16 s vs 0.19 s forward (``benchmarks/attention.py``).
+So bf16/fp16 inputs are upcast (O(N) extra memory), attended in float32 (matmuls, softmax
+statistics and accumulation all float32) and the output rounded back to the input dtype;
+gradients flow through the casts.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .spec import AttentionCall
+from .torch_backend import torch_attention, torch_supports
+
+
+def torch_f32_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
+    scale: float | None = None, dropout_p: float = 0.0, window=None,
+    alibi_slopes: Tensor | None = None, return_weights: bool = False,
+) -> tuple[Tensor, None]:
+    f32 = torch.float32
+    if mask is not None and mask.dtype.is_floating_point:
+        mask = mask.to(f32)
+    out, _ = torch_attention(q.to(f32), k.to(f32), v.to(f32), mask=mask, causal=causal, scale=scale,
+                             dropout_p=dropout_p, window=window, alibi_slopes=alibi_slopes)
+    return out.to(q.dtype), None  # (b, h, n, e)
+
+
+def torch_f32_supports(call: AttentionCall) -> str | None:
+    if call.dtype not in (torch.bfloat16, torch.float16):
+        return f"only for bfloat16/float16 inputs (got {call.dtype}); 'torch' serves the others directly"
+    if call.device_type != "cpu":
+        return "only for CPU tensors (GPU SDPA kernels are fast in bf16/fp16)"
+    return torch_supports(call)
+
+
+def torch_f32_auto_declines(call: AttentionCall) -> str | None:
+    why = torch_f32_supports(call)
+    if why is not None:
+        return why
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap != "AVX2":
+        return (f"measured faster than bf16 SDPA only on AVX2 CPUs without bf16 units; this CPU "
+                f"reports {cap}, where SDPA's own bf16 kernels may be faster")
+    return None
+
+
+__all__ = ["torch_f32_attention", "torch_f32_auto_declines", "torch_f32_supports"]

@@ -69,6 +69,9 @@ def test_bfloat16_on_cpu_runs_sdpa_in_float32():
     choice = selfattn.explain_backend(q, k, v, causal=True)
     if torch.backends.cpu.get_cpu_capability() == "AVX2":
         assert choice.chosen == "torch_f32"
+        with torch.no_grad():  # forward only: bf16 SDPA is as fast
+            fwd = selfattn.explain_backend(q, k, v, causal=True)
+        assert fwd.chosen == "torch" and "forward only" in fwd.reasons["torch_f32"]
     else:
         assert "AVX2" in choice.reasons["torch_f32"]
     out = selfattn.attention(q, k, v, causal=True, backend="torch_f32")

@@ -6,8 +6,9 @@ key j when j <= i + m - n); rows with no allowed key give 0 (all handled by back
 
 Why: on a CPU without AVX-512 BF16 units (the AVX2 AMD EPYC this was measured on) bfloat16
 matmuls run at ~0.5-1.5 GFLOP/s against 8-40 GFLOP/s in float32, and SDPA's bfloat16 backward
-uses them: at B=1, H=8, N=2048, D=64, causal, SDPA bf16 took 3.1 s forward+backward, the same
-SDPA on float32 copies 0.58 s (5.4x faster) and 0.16 s vs 0.19 s forward (``benchmarks/attention.py``).
+uses them: at B=1, H=8, N=4096, D=64, causal, SDPA bf16 took 8.4 s forward+backward, the same
+SDPA on float32 copies 1.7 s (4.9x faster); forward alone it is 0.48 s vs 0.44 s, so "auto" uses
+this backend only when a gradient is needed (``benchmarks/attention.py``).
 So bf16/fp16 inputs are upcast (O(N) extra memory), attended in float32 (matmuls, softmax
 statistics and accumulation all float32) and the output rounded back to the input dtype;
 gradients flow through the casts.
@@ -51,6 +52,9 @@ def torch_f32_auto_declines(call: AttentionCall) -> str | None:
     if cap != "AVX2":
         return (f"measured faster than bf16 SDPA only on AVX2 CPUs without bf16 units; this CPU "
                 f"reports {cap}, where SDPA's own bf16 kernels may be faster")
+    if not call.requires_grad:
+        return ("forward only: SDPA's bf16 forward is as fast as float32 SDPA plus the casts "
+                "(measured 0.74-0.92x); the float32 path pays off in the backward")
     return None
 
 

@@ -5,64 +5,30 @@ held-out sequences never seen in training) until greedy decoding gets >= 99.5% o
 right, then shows what the model answers for ``1 2 3 4 5``. The run directory (checkpoint, config,
 metrics.jsonl, loss.png) can be reused: ``selfattn generate --checkpoint RUN "7 3 9"``.
 
-``walkthrough`` (``--walkthrough``) prints the attention mechanism step by step on ``1 2 3 4 5``.
+After training it walks the trained model's first encoder head through the mechanism on that input
+(``selfattn explain``); ``--walkthrough`` does only that, on a small random model.
 """
 
 from __future__ import annotations
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 
-def _table(title: str, rows: torch.Tensor, row_labels: list[str], col_prefix: str = "") -> Table:
-    t = Table(title=title, title_justify="left")
-    t.add_column("")
-    for j in range(rows.shape[1]):
-        t.add_column(f"{col_prefix}{j}", justify="right")
-    for label, row in zip(row_labels, rows.tolist()):
-        t.add_row(label, *(f"{x:+.2f}" for x in row))
-    return t
+def show_mechanism(run_dir, text: str, console: Console) -> None:
+    """Walk encoder layer 0, head 0 of the trained model through every step on ``text``."""
+    from ..inspect.explain import ExplainOptions, explain
+    from ..inspect.source import from_checkpoint
 
-
-def walkthrough(text: str = "1 2 3 4 5", d_model: int = 8, seed: int = 0, console: Console | None = None) -> torch.Tensor:
-    """Print every step of one attention head on ``text``; returns the head's output (n, d)."""
-    from ..positional import sinusoidal_table
-
-    console = console or Console()
-    torch.manual_seed(seed)
-    tokens = text.split()
-    vocab = {t: i for i, t in enumerate(sorted(set(tokens)))}
-    ids = torch.tensor([vocab[t] for t in tokens])
-    n, d = len(tokens), d_model
-    emb = torch.nn.Embedding(len(vocab), d).weight.detach()[ids]  # (n, d)
-    pe = sinusoidal_table(n, d)  # (n, d)
-    x = emb + pe
-    wq, wk, wv = (torch.randn(d, d) / d**0.5 for _ in range(3))
-    q, k, v = x @ wq, x @ wk, x @ wv  # (n, d) each
-    scores = q @ k.T / d**0.5  # (n, n)
-    weights = torch.softmax(scores, dim=-1)
-    out = weights @ v  # (n, d)
-    steps = [
-        ("1. token embeddings", emb, "each token id looks up a learned vector", "e"),
-        ("2. + positional encoding", pe, "sin/cos of position at many frequencies: attention alone ignores order", "e"),
-        ("3. queries Q = x·W_Q", q, "what each position is looking for", "d"),
-        ("4. keys K = x·W_K", k, "what each position offers to be found by", "d"),
-        ("5. values V = x·W_V", v, "what each position passes on when attended", "d"),
-        ("6. scores QKᵀ/√d_k", scores, "similarity of every query with every key, scaled to keep softmax soft", "k"),
-        ("7. softmax weights", weights, "each row sums to 1: how much each query attends each key", "k"),
-        ("8. output = weights·V", out, "each position becomes a weighted average of the values", "d"),
-        ("9. residual x + output", x + out, "the sublayer adds to its input (then LayerNorm in the paper)", "d"),
-    ]
-    console.print(f"[bold]Self-attention on[/bold] {text!r}: {n} tokens, d_model = d_k = {d}, one head")
-    for title, mat, why, prefix in steps:
-        console.print(_table(f"{title} — {why}", mat, tokens, prefix))
-    return out
+    ins = from_checkpoint(run_dir, text, None)
+    console.print(f"\n[bold]Inside the trained model[/bold] (`selfattn explain --checkpoint {run_dir} \"{text}\"`):")
+    explain(ins.model, (ins.ids, ins.tgt_ids), ins.labels,
+            ExplainOptions(layer=0, head=0, kind="encoder", max_cols=6), console=console)
 
 
 def train_demo(text: str = "1 2 3 4 5", *, task_name: str = "reverse", run_dir: str | None = None,
                steps: int = 600, target: float = 0.995, seed: int = 0, progress: bool = True,
-               console: Console | None = None) -> dict:
+               explain_after: bool = True, console: Console | None = None) -> dict:
     """Train the demo model; returns {"run_dir", "exact_match", "output", "steps", "seconds"}."""
     import time
     from pathlib import Path
@@ -96,6 +62,8 @@ def train_demo(text: str = "1 2 3 4 5", *, task_name: str = "reverse", run_dir: 
                   f"{task.vocab.decode(task.solve(src))})")
     for h in best:
         console.print(f"  beam: {task.vocab.decode(h.tokens)}  p = {2.718281828 ** h.logprob:.4f}")
+    if explain_after:
+        show_mechanism(run_dir, text, console)
     console.print(f"checkpoints, metrics.jsonl and loss.png in [bold]{run_dir}[/bold]; try "
                   f"`selfattn generate --checkpoint {run_dir} \"3 1 4 1 5\"`")
     return {"run_dir": str(run_dir), "exact_match": exact, "output": out, "steps": result.step,
@@ -103,9 +71,10 @@ def train_demo(text: str = "1 2 3 4 5", *, task_name: str = "reverse", run_dir: 
 
 
 def run(args) -> int:
-    if args.walkthrough:
-        walkthrough(args.text, d_model=args.dim, seed=args.seed)
-        return 0
+    if args.walkthrough:  # the mechanism alone, on a small random model
+        from . import main as cli_main
+
+        return cli_main(["explain", args.text, "--model", "encoder-decoder", "--seed", str(args.seed)])
     info = train_demo(args.text, task_name=args.task, run_dir=args.run_dir, steps=args.steps, seed=args.seed,
                       progress=not args.no_progress)
     return 0 if info["exact_match"] >= 0.99 else 1
@@ -122,7 +91,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=600, help="most training steps (stops at 99.5%% exact match)")
     p.add_argument("--run-dir", help="where to write the run (default runs/demo-TASK-TIME)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--walkthrough", action="store_true", help="print the attention walkthrough instead of training")
-    p.add_argument("--dim", type=int, default=8, help="walkthrough: model width of the toy head (default 8)")
+    p.add_argument("--walkthrough", action="store_true",
+                   help="only walk the attention mechanism through TEXT on a small random model (no training)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)

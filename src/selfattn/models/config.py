@@ -18,6 +18,15 @@ MODEL_KINDS = ("encoder-decoder", "encoder", "decoder")
 ATTENTION_TYPES = ("full", "sliding", "linear")
 
 
+def dataclass_from_dict(cls, d: dict[str, Any], label: str):
+    """``cls(**d)``, but unknown keys give a ValueError that lists the known ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {label} keys {unknown}; expected some of {sorted(names)}")
+    return cls(**d)
+
+
 @dataclass
 class ModelConfig:
     kind: str = "encoder-decoder"  # the paper's model
@@ -101,11 +110,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; expected some of {sorted(names)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "config")
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..models.config import dataclass_from_dict
+
 SCHEDULES = ("noam", "cosine", "constant")
 
 
@@ -65,11 +67,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown train config keys {unknown}; expected some of {sorted(names)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "train config")
 
 
 def parse_value(text: str, current: Any) -> Any:

@@ -1,13 +1,8 @@
-"""One intra-op thread for these small-model tests: on a shared, oversubscribed CPU, OpenMP threads spinning
-against other processes made tiny matmuls ~7x slower; results do not depend on it."""
+"""Every test here runs on one intra-op thread (see ``one_thread`` in tests/conftest.py)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)

@@ -20,17 +20,6 @@ def head(src: Path, dst: Path, n: int) -> None:
         dst.write_text("".join(next(f) for _ in range(n)), encoding="utf-8")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared CPU: one thread avoids OpenMP contention (measured 4x faster here)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_train_translate_evaluate(tmp_path, capsys, one_thread):
     data = tmp_path / "m30k"
     data.mkdir()

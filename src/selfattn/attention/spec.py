@@ -46,6 +46,77 @@ def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """Ranks, dtypes, devices and shapes of q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must have rank 4 (B, H, N, D), got rank {t.dim()} with shape {_shape(t)}"
+            )
+        if not t.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a floating tensor, got dtype {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    b, h, _, d = q.shape
+    if k.shape[0] != b or v.shape[0] != b:
+        raise ValueError(
+            f"batch sizes differ: q {_shape(q)}, k {_shape(k)}, v {_shape(v)} (expected the same B)"
+        )
+    if k.shape[3] != d:
+        raise ValueError(f"head dim of k must equal q's ({d}), got k {_shape(k)}")
+    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        raise ValueError(
+            f"k and v must agree on (heads, keys): k {_shape(k)} vs v {_shape(v)}"
+        )
+    g = k.shape[1]
+    if g == 0 or h % g != 0:
+        raise ValueError(
+            f"query heads must be a multiple of key/value heads (grouped-query attention), "
+            f"got Hq={h}, Hkv={g}"
+        )
+
+
+def _check_mask(mask: Tensor, q: Tensor, target: tuple[int, int, int, int]) -> tuple[str, bool, bool]:
+    """(mask_kind, key_padding_only, mask_requires_grad) of a mask that must broadcast to ``target``."""
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+    if mask.device != q.device:
+        raise ValueError(f"mask must be on q's device {q.device}, got {mask.device}")
+    if mask.dtype == torch.bool:
+        kind, grad = "bool", False
+    elif mask.dtype.is_floating_point:
+        kind, grad = "float", mask.requires_grad
+    else:
+        raise ValueError(
+            f"mask must be boolean (True = may attend) or a floating additive bias, got dtype {mask.dtype}"
+        )
+    try:
+        bshape = torch.broadcast_shapes(mask.shape, target)
+    except RuntimeError:
+        bshape = None
+    if mask.dim() > 4 or bshape != torch.Size(target):
+        raise ValueError(
+            f"mask of shape {_shape(mask)} does not broadcast to (B, Hq, Nq, Nk) = {target}"
+        )
+    full = (1,) * (4 - mask.dim()) + tuple(mask.shape)
+    return kind, kind == "bool" and full[1] == 1 and full[2] == 1, grad
+
+
+def _check_window(window) -> tuple[int | None, int | None] | None:
+    if window is None:
+        return None
+    if not (isinstance(window, (tuple, list)) and len(window) == 2):
+        raise ValueError(f"window must be a pair (left, right) of ints or None, got {window!r}")
+    for side in window:
+        if side is not None and not (isinstance(side, int) and side >= 0):
+            raise ValueError(f"window sizes must be non-negative ints or None, got {window!r}")
+    return (window[0], window[1])
+
+
 def validate_call(
     q: Tensor,
     k: Tensor,
@@ -60,75 +131,17 @@ def validate_call(
     return_weights: bool,
 ) -> AttentionCall:
     """Check the arguments of :func:`selfattn.attention`; raise ``ValueError`` naming expected vs given."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(
-                f"{name} must have rank 4 (B, H, N, D), got rank {t.dim()} with shape {_shape(t)}"
-            )
-        if not t.dtype.is_floating_point:
-            raise ValueError(f"{name} must be a floating tensor, got dtype {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    _check_qkv(q, k, v)
     b, h, n, d = q.shape
-    if k.shape[0] != b or v.shape[0] != b:
-        raise ValueError(
-            f"batch sizes differ: q {_shape(q)}, k {_shape(k)}, v {_shape(v)} (expected the same B)"
-        )
-    if k.shape[3] != d:
-        raise ValueError(f"head dim of k must equal q's ({d}), got k {_shape(k)}")
-    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
-        raise ValueError(
-            f"k and v must agree on (heads, keys): k {_shape(k)} vs v {_shape(v)}"
-        )
     g, m = k.shape[1], k.shape[2]
-    if g == 0 or h % g != 0:
-        raise ValueError(
-            f"query heads must be a multiple of key/value heads (grouped-query attention), "
-            f"got Hq={h}, Hkv={g}"
-        )
     if scale is not None and not (isinstance(scale, (int, float)) and scale > 0 and scale != float("inf")):
         raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
     if not (isinstance(dropout_p, (int, float)) and 0.0 <= dropout_p < 1.0):
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
-
     mask_kind, key_padding_only, mask_grad = "none", False, False
     if mask is not None:
-        if not isinstance(mask, Tensor):
-            raise ValueError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-        if mask.device != q.device:
-            raise ValueError(f"mask must be on q's device {q.device}, got {mask.device}")
-        if mask.dtype == torch.bool:
-            mask_kind = "bool"
-        elif mask.dtype.is_floating_point:
-            mask_kind = "float"
-            mask_grad = mask.requires_grad
-        else:
-            raise ValueError(
-                f"mask must be boolean (True = may attend) or a floating additive bias, got dtype {mask.dtype}"
-            )
-        target = (b, h, n, m)
-        try:
-            bshape = torch.broadcast_shapes(mask.shape, target)
-        except RuntimeError:
-            bshape = None
-        if mask.dim() > 4 or bshape != torch.Size(target):
-            raise ValueError(
-                f"mask of shape {_shape(mask)} does not broadcast to (B, Hq, Nq, Nk) = {target}"
-            )
-        full = (1,) * (4 - mask.dim()) + tuple(mask.shape)
-        key_padding_only = mask_kind == "bool" and full[1] == 1 and full[2] == 1
-
-    if window is not None:
-        if not (isinstance(window, (tuple, list)) and len(window) == 2):
-            raise ValueError(f"window must be a pair (left, right) of ints or None, got {window!r}")
-        for side in window:
-            if side is not None and not (isinstance(side, int) and side >= 0):
-                raise ValueError(f"window sizes must be non-negative ints or None, got {window!r}")
-        window = (window[0], window[1])
+        mask_kind, key_padding_only, mask_grad = _check_mask(mask, q, (b, h, n, m))
+    window = _check_window(window)
     if alibi_slopes is not None:
         if not isinstance(alibi_slopes, Tensor) or alibi_slopes.shape != (h,):
             got = _shape(alibi_slopes) if isinstance(alibi_slopes, Tensor) else type(alibi_slopes).__name__

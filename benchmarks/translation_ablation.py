@@ -85,7 +85,7 @@ def main() -> None:
         steps = max(1, int(args.minutes * 60 / ((time.perf_counter() - t0) / 20)))
         print(f"{args.minutes} min per variant = {steps} steps at the measured speed")
     out = Path(args.out)
-    runs = out / "translation_ablation_runs"
+    runs = ROOT / "runs" / "translation_ablation"  # checkpoints stay out of git (runs/ is ignored)
     rows = []
     for name in names:
         rows.append(run_variant(name, base, steps, args, runs))

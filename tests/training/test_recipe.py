@@ -27,6 +27,40 @@ def test_noam_schedule_matches_the_paper_formula():
     assert lr_at(0, cfg, d) == pytest.approx(2.0 * noam_lr(1, d, w))  # step s uses the (s+1)-th value
 
 
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    from selfattn.data import SyntheticTask
+    from selfattn.training import build_optimizer
+
+    model = tiny_model(SyntheticTask("reverse", max_len=6, val_size=8))
+    muon, adamw = build_optimizer(model, TrainConfig(optimizer="muon")).optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
+    blocks = [m for name, m in model.named_modules() if ".layers." in name and isinstance(m, torch.nn.Linear)]
+    assert in_muon == {id(m.weight) for m in blocks} and blocks  # every q/k/v/out and FFN matrix of every layer
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    assert embeddings and embeddings <= in_adamw and id(model.output.weight) in in_adamw  # tied output too
+    assert in_muon.isdisjoint(in_adamw) and in_muon | in_adamw == {id(p) for p in model.parameters()}
+
+
+def test_float32_newton_schulz_matches_pytorchs_and_orthogonalises():
+    import torch.optim._muon as torch_muon
+
+    from selfattn.training.optim import newton_schulz_fp32
+
+    coef, steps, eps = (3.4445, -4.775, 2.0315), 5, 1e-7
+    g = torch.Generator().manual_seed(0)
+    for shape in [(32, 128), (128, 32), (64, 64)]:
+        grad = torch.randn(*shape, generator=g, dtype=torch.float64)
+        ours = newton_schulz_fp32(grad, coef, steps, eps)
+        theirs = torch_muon._zeropower_via_newtonschulz(grad, coef, steps, eps).double()  # bf16 inside
+        # PyTorch rounds to bf16 (unit roundoff 2^-8) the input and 3 products in each of 5 iterations:
+        # at most 16 roundings of relative size 2^-8 -> 0.0625 (observed ~0.016)
+        assert (ours - theirs).norm() / ours.norm() < 16 * 2**-8
+        sv = torch.linalg.svdvals(ours)  # the quintic maps singular values into about [0.5, 1.5]
+        assert sv.min() > 0.3 and sv.max() < 1.6, sv
+
+
 def test_cosine_schedule_endpoints_and_monotone_decay():
     peak, w, total = 1e-3, 10, 110
     assert cosine_lr(0, peak, w, total, 0.1) == pytest.approx(peak / w)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -34,14 +35,16 @@ CFG = TrainConfig(steps=10, batch_size=8, accum_steps=2, schedule="noam", warmup
                   keep_last=2, progress=False)
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, optimizer):
+    cfg = dataclasses.replace(CFG, optimizer=optimizer)  # Muon + AdamW: a chained optimizer state
     task = SyntheticTask("reverse", max_len=6, val_size=64)
     # dropout > 0: the resumed run must also restore the RNG that draws the dropout masks
-    full = Trainer(tiny_model(task, dropout=0.2), task, CFG, tmp_path / "a").fit()
-    first = Trainer(tiny_model(task, dropout=0.2), task, CFG, tmp_path / "b").fit(max_steps=4)
+    full = Trainer(tiny_model(task, dropout=0.2), task, cfg, tmp_path / "a").fit()
+    first = Trainer(tiny_model(task, dropout=0.2), task, cfg, tmp_path / "b").fit(max_steps=4)
     torch.manual_seed(999)  # a different RNG state and different initial weights before resuming
     resumed_model = tiny_model(task, seed=5, dropout=0.2)
-    second = Trainer(resumed_model, task, CFG, tmp_path / "b").fit(resume=True)
+    second = Trainer(resumed_model, task, cfg, tmp_path / "b").fit(resume=True)
     assert first.step == 4 and second.step == 10
     assert first.losses + second.losses == full.losses  # exact float equality, step by step
     ca, cb = latest_checkpoint(tmp_path / "a" / "checkpoints"), latest_checkpoint(tmp_path / "b" / "checkpoints")

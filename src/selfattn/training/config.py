@@ -9,6 +9,7 @@ from typing import Any
 from ..models.config import dataclass_from_dict
 
 SCHEDULES = ("noam", "cosine", "constant")
+OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass
@@ -23,6 +24,7 @@ class TrainConfig:
     beta1: float = 0.9  # Adam β1 (§5.3)
     beta2: float = 0.98  # Adam β2 (§5.3), not the usual 0.999
     eps: float = 1e-9  # Adam ε (§5.3)
+    optimizer: str = "adamw"  # the paper's Adam; "muon" = Muon on hidden matrices + AdamW on the rest
     weight_decay: float = 0.0  # AdamW decoupled decay on matrices only (Loshchilov & Hutter); paper: none
     label_smoothing: float = 0.1  # ε_ls of §5.4
     clip_grad_norm: float = 1.0  # global-norm clipping (Pascanu et al. 2013); 0 = off
@@ -44,6 +46,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
         for name in ("steps", "batch_size", "accum_steps", "eval_batch_size", "log_every"):

@@ -142,10 +142,11 @@ def worker(spec: dict) -> dict:
     else:
         base = _maxrss_bytes()
     times = []
+    warmup = spec["repeats"] > 0  # --repeats 0: one cold call, timed (for the slowest long cases)
     for i in range(spec["repeats"] + 1):  # the first call is warm-up
         t0 = time.perf_counter()
         step()
-        if i:
+        if i or not warmup:
             times.append(time.perf_counter() - t0)
     peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _maxrss_bytes()) - base
     return {"time_s": statistics.median(times), "times_s": times, "peak_bytes": max(0, peak),
@@ -290,7 +291,7 @@ def main(argv=None) -> int:
                     help=f"implementations (default {CPU_IMPLS} plus {CUDA_IMPLS} on CUDA)")
     ap.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
     ap.add_argument("--window", type=int, default=4096, help="sliding window (keys to the left)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per case (median reported)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per case after a warm-up call (median reported); 0 = one cold call")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per case before giving up")
     ap.add_argument("--max-nn-gib", type=float, default=6.0,
                     help="skip impls that form an N x N float32 tensor per head above this size")

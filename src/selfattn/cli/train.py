@@ -16,7 +16,7 @@ examples:
   torchrun --nproc_per_node 2 -m selfattn train --task sort    # data-parallel (gloo on CPU)
 
 --set KEY=VALUE sets any ModelConfig or TrainConfig field (prefix model. / train. if ambiguous), e.g.
-  --set d_model=128 --set amp=bf16 --set label_smoothing=0 --set eval_every=100 --set keep_last=5
+  --set d_model=128 --set amp=bf16 --set label_smoothing=0 --set eval_every=100 --set keep_last=5 --set optimizer=muon
 The run directory holds config.json, checkpoints/, metrics.jsonl and loss.png; `selfattn generate
 --checkpoint RUN` needs nothing else."""
 

@@ -28,6 +28,15 @@ def test_series_split_by_kind_and_torn_tail_skipped(tmp_path):
     assert s["val bleu"] == [(2, 11.0)] and s["test bleu"] == [(3, 12.5)]
 
 
+def test_series_against_training_time(tmp_path):
+    recs = [{"step": 10, "loss": 3.0, "time": 20.5}, {"step": 20, "split": "val", "bleu": 9.0, "time": 41.0},
+            {"step": 30, "loss": 2.0}]  # no time: left out of the time axis
+    s = series(recs, "time")
+    assert s["train loss"] == [(20.5, 3.0)] and s["val bleu"] == [(41.0, 9.0)]
+    with pytest.raises(ValueError, match="'step' or 'time'"):
+        series(recs, "epoch")
+
+
 def test_plot_writes_a_png_beside_the_metrics(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

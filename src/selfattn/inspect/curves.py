@@ -32,11 +32,14 @@ def _num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def series(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
-    """(step, value) pairs per curve: train loss, val loss, lr, bleu (val and test)."""
+def series(records: list[dict], x: str = "step") -> dict[str, list[tuple[float, float]]]:
+    """(x, value) pairs per curve: train loss, val loss, lr, bleu (val and test). ``x`` is "step" or
+    "time" (the training seconds each line records; lines without it are left out)."""
+    if x not in ("step", "time"):
+        raise ValueError(f"x must be 'step' or 'time', got {x!r}")
     out: dict[str, list[tuple[float, float]]] = {k: [] for k in ("train loss", "val loss", "lr", "val bleu", "test bleu")}
     for r in records:
-        step = r.get("step")
+        step = r.get(x)
         if not _num(step):
             continue
         split = r.get("split", "train")
@@ -61,19 +64,20 @@ def metrics_path(run: str | Path) -> Path:
     return path
 
 
-def plot_curves(run: str | Path, out: str | Path | None = None, title: str | None = None) -> Path:
-    """Draw loss (train/val), learning rate and BLEU panels to ``out`` (default RUN/curves.png)."""
+def plot_curves(run: str | Path, out: str | Path | None = None, title: str | None = None, x: str = "step") -> Path:
+    """Draw loss (train/val), learning rate and BLEU panels against ``x`` ("step" or "time") to ``out``
+    (default RUN/curves.png)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only
     import matplotlib.pyplot as plt
 
     path = metrics_path(run)
-    s = series(read_jsonl(path))
+    s = series(read_jsonl(path), x)
     panels = [p for p in (("loss", [k for k in s if k.endswith("loss")]), ("learning rate", ["lr"] if "lr" in s else []),
                           ("BLEU", [k for k in s if k.endswith("bleu")])) if p[1]]
     if not panels:
-        raise ValueError(f"{str(path)!r} has no step-indexed loss, lr or bleu values to plot")
+        raise ValueError(f"{str(path)!r} has no {x}-indexed loss, lr or bleu values to plot")
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.4 * len(panels) + 0.6), sharex=True, squeeze=False,
                              layout="constrained")
     for ax, (name, keys) in zip(axes[:, 0], panels):
@@ -87,7 +91,7 @@ def plot_curves(run: str | Path, out: str | Path | None = None, title: str | Non
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         if len(keys) > 1 or name != "learning rate":
             ax.legend(loc="best", fontsize=8)
-    axes[-1, 0].set_xlabel("step")
+    axes[-1, 0].set_xlabel("step" if x == "step" else "training time (s)")
     fig.suptitle(title or f"training curves: {path.parent.name if path.name == 'metrics.jsonl' else path.name}")
     target = Path(out) if out is not None else path.parent / "curves.png"
     return save_figure(fig, target)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import selfattn
-from selfattn.attention.flash import AUTO_MIN_SCORES
+from selfattn.attention.flash import AUTO_MIN_SCORES, AUTO_SDPA_PAIR_RATE, DEFAULT_CONFIG
 
 
 def _qkv(n, m=None):
@@ -23,9 +23,21 @@ def test_auto_prefers_sdpa_when_it_needs_no_mask():
 def test_auto_picks_flash_where_it_saves_work_or_a_large_mask():
     n = int(AUTO_MIN_SCORES**0.5)
     q, k, v = _qkv(n)
-    choice = selfattn.explain_backend(q, k, v, window=(n // 8, 0), causal=True)
+    # with gradients flash must leave SDPA's n*n pairs more than AUTO_SDPA_PAIR_RATE["backward"] times over
+    qg = q.clone().requires_grad_()
+    window = (n // 16, 0)
+    call_pairs = n * min(n, n // 16 + 1 + DEFAULT_CONFIG.block_q)
+    assert AUTO_SDPA_PAIR_RATE["backward"] * call_pairs <= n * n < AUTO_SDPA_PAIR_RATE["forward"] * call_pairs
+    choice = selfattn.explain_backend(qg, k, v, window=window, causal=True)
     assert choice.chosen == "flash"
     assert choice.reasons["torch"] == "lower priority than 'flash'"
+    # forward only, SDPA's faster pairs win at this size (measured 1.8x at N = 4096, window 512): auto says so
+    with torch.no_grad():
+        fwd = selfattn.explain_backend(q, k, v, window=window, causal=True)
+    assert fwd.chosen == "torch" and f"leaves {call_pairs} of {n * n}" in fwd.reasons["flash"]
+    # ... and a window that hides enough of a long sequence goes to flash forward too
+    q16 = torch.empty(1, 1, 16384, 8)
+    assert selfattn.explain_backend(q16, q16, q16, window=(512, 0), causal=True).chosen == "flash"
     # ALiBi over 8 heads at n = 8192: SDPA would need a 2 GiB float32 bias
     big = 8192
     q8 = torch.empty(1, 8, big, 8)  # never computed on: explain_backend only inspects shapes
@@ -56,10 +68,11 @@ def test_auto_falls_back_with_honest_reasons():
 def test_auto_result_equals_math_on_a_flash_case():
     n = int(AUTO_MIN_SCORES**0.5)
     q, k, v = (t.double() for t in _qkv(n))
-    window = (n // 8, 0)
-    assert selfattn.explain_backend(q, k, v, window=window).chosen == "flash"
+    window = (n // 16, 0)
+    qg = q.clone().requires_grad_()  # with gradients: flash's backward saves SDPA's slow masked one
+    assert selfattn.explain_backend(qg, k, v, window=window).chosen == "flash"
     # compare on the last rows only: the math reference is n x n
-    out = selfattn.attention(q, k, v, window=window)
+    out = selfattn.attention(qg, k, v, window=window).detach()
     ref = selfattn.attention(q[:, :, -64:], k, v, window=window, backend="math")
     torch.testing.assert_close(out[:, :, -64:], ref, atol=1e-12, rtol=1e-12)
 

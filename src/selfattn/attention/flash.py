@@ -242,11 +242,25 @@ def flash_supports(call: AttentionCall) -> str | None:
 
 
 # "auto" and flash (measured with benchmarks/attention.py on a 2-core AVX2 CPU): the PyTorch-op
-# blockwise loops are slower than SDPA per useful FLOP, so flash is picked only where it saves
-# work (a window that hides most key blocks) or where SDPA would materialise a large mask.
+# blockwise loops are slower than SDPA per computed pair, so flash is picked only where it saves
+# enough work (a window that hides most key blocks) or where SDPA would materialise a large mask.
 AUTO_MIN_SCORES = 2048 * 2048  # below this n*m the Python block overhead dominates
-AUTO_WINDOW_FRACTION = 0.25  # pick flash when the window leaves at most this fraction of keys
 AUTO_MASK_BYTES = 2**30  # pick flash when SDPA's explicit mask would exceed 1 GiB
+# SDPA with a window mask computes all n*m pairs, flash only the key range of each query block, but
+# SDPA computes pairs faster: N = 4096, window 512, fp32 (benchmarks/results/attention-cpu.md):
+# forward SDPA 16.8M pairs in 1.00 s vs flash 4.2M in 1.80 s -> 7.2x the rate; forward+backward
+# 3.42 s vs 2.78 s -> 3.25x. Flash is picked for a window when it wins by that measured margin.
+AUTO_SDPA_PAIR_RATE = {"forward": 7.0, "backward": 3.0}
+
+
+def flash_pairs(call: AttentionCall, cfg: FlashConfig = DEFAULT_CONFIG) -> int:
+    """(query, key) pairs flash computes for a windowed call: each query block scans the keys its rows
+    may see (``_key_range``), about window width + block_q keys per query."""
+    left, right = call.window if call.window is not None else (None, None)
+    if call.causal:
+        right = 0 if right is None else min(right, 0)
+    width = (call.k_len if left is None else left) + (call.k_len if right is None else right) + 1
+    return call.q_len * min(call.k_len, width + cfg.block_q)
 
 
 def _sdpa_mask_bytes(call: AttentionCall) -> int:
@@ -271,17 +285,20 @@ def flash_auto_declines(call: AttentionCall) -> str | None:
     if call.q_len * call.k_len < AUTO_MIN_SCORES:
         return (f"short sequences (Nq*Nk = {call.q_len * call.k_len} < {AUTO_MIN_SCORES}): SDPA's "
                 "explicit mask is cheap and SDPA is faster")
+    mode = "backward" if call.requires_grad else "forward"
     if call.window is not None:
-        left, right = call.window
-        width = (call.k_len if left is None else left) + (0 if call.causal else
-                                                          (call.k_len if right is None else right)) + 1
-        if width <= AUTO_WINDOW_FRACTION * call.k_len:
+        pairs, rate = flash_pairs(call), AUTO_SDPA_PAIR_RATE[mode]
+        if rate * pairs <= call.q_len * call.k_len:
             return None  # flash skips the hidden key blocks: less work than SDPA's full n x m
+        if mask_bytes < AUTO_MASK_BYTES:
+            return (f"the window leaves {pairs} of {call.q_len * call.k_len} (query, key) pairs to flash, but "
+                    f"SDPA computes pairs ~{rate:.0f}x faster ({mode}, measured); SDPA's mask is "
+                    f"{mask_bytes / 2**20:.0f} MiB")
     if mask_bytes >= AUTO_MASK_BYTES:
         return None
     return (f"SDPA's explicit mask ({mask_bytes / 2**20:.0f} MiB) is affordable and SDPA is faster "
-            f"here; flash is picked above {AUTO_MASK_BYTES / 2**30:.0f} GiB of mask or for windows "
-            f"covering at most {AUTO_WINDOW_FRACTION:.0%} of the keys")
+            f"here; flash is picked above {AUTO_MASK_BYTES / 2**30:.0f} GiB of mask or for windows that "
+            f"leave it less than 1/{AUTO_SDPA_PAIR_RATE[mode]:.0f} of the pairs")
 
 
 def flops(n: int, m: int, d: int, e: int, heads: int, batch: int, causal: bool) -> float:

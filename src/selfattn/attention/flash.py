@@ -247,10 +247,11 @@ def flash_supports(call: AttentionCall) -> str | None:
 AUTO_MIN_SCORES = 2048 * 2048  # below this n*m the Python block overhead dominates
 AUTO_MASK_BYTES = 2**30  # pick flash when SDPA's explicit mask would exceed 1 GiB
 # SDPA with a window mask computes all n*m pairs, flash only the key range of each query block, but
-# SDPA computes pairs faster: N = 4096, window 512, fp32 (benchmarks/results/attention-cpu.md):
-# forward SDPA 16.8M pairs in 1.00 s vs flash 4.2M in 1.80 s -> 7.2x the rate; forward+backward
-# 3.42 s vs 2.78 s -> 3.25x. Flash is picked for a window when it wins by that measured margin.
-AUTO_SDPA_PAIR_RATE = {"forward": 7.0, "backward": 3.0}
+# SDPA computes pairs faster. Idle 2-core AVX2 CPU, fp32, window 512 (benchmarks/results/
+# attention-cpu-window-calibration.md and attention-cpu-n16k-window.md): SDPA's pair rate over flash's
+# is 1.9 (N 2048), 2.3 (4096), 2.0 (16384) forward and 1.6, 1.7, 1.9 forward+backward. Flash is
+# picked for a window when it leaves SDPA's pairs more than these (rounded up) times over.
+AUTO_SDPA_PAIR_RATE = {"forward": 2.5, "backward": 2.0}
 
 
 def flash_pairs(call: AttentionCall, cfg: FlashConfig = DEFAULT_CONFIG) -> int:
@@ -292,13 +293,13 @@ def flash_auto_declines(call: AttentionCall) -> str | None:
             return None  # flash skips the hidden key blocks: less work than SDPA's full n x m
         if mask_bytes < AUTO_MASK_BYTES:
             return (f"the window leaves {pairs} of {call.q_len * call.k_len} (query, key) pairs to flash, but "
-                    f"SDPA computes pairs ~{rate:.0f}x faster ({mode}, measured); SDPA's mask is "
+                    f"SDPA computes pairs ~{rate:g}x faster ({mode}, measured); SDPA's mask is "
                     f"{mask_bytes / 2**20:.0f} MiB")
     if mask_bytes >= AUTO_MASK_BYTES:
         return None
     return (f"SDPA's explicit mask ({mask_bytes / 2**20:.0f} MiB) is affordable and SDPA is faster "
             f"here; flash is picked above {AUTO_MASK_BYTES / 2**30:.0f} GiB of mask or for windows that "
-            f"leave it less than 1/{AUTO_SDPA_PAIR_RATE[mode]:.0f} of the pairs")
+            f"leave it less than 1/{AUTO_SDPA_PAIR_RATE[mode]:g} of the pairs")
 
 
 def flops(n: int, m: int, d: int, e: int, heads: int, batch: int, causal: bool) -> float:

@@ -12,6 +12,8 @@ so a decoder step with a key/value cache (Nq=1, Nk=t) needs no special case.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -173,6 +175,21 @@ def structural_mask(
     """
     if not causal and window is None:
         return None
+    window = None if window is None else (window[0], window[1])
+    if n * m <= _CACHE_MAX_ELEMENTS:  # every layer of a model asks for the same mask: build it once
+        return _cached_structural_mask(n, m, causal, window, str(device))
+    return _build_structural_mask(n, m, causal, window, device)
+
+
+_CACHE_MAX_ELEMENTS = 2**26  # 64 MiB of booleans at most per cached mask (N = 8192)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_structural_mask(n, m, causal, window, device) -> Tensor:
+    return _build_structural_mask(n, m, causal, window, device)  # shared: callers never modify it in place
+
+
+def _build_structural_mask(n, m, causal, window, device) -> Tensor:
     pos = torch.arange(n, device=device).unsqueeze(1) + (m - n)  # (n, 1)
     j = torch.arange(m, device=device).unsqueeze(0)  # (1, m)
     allowed = torch.ones(n, m, dtype=torch.bool, device=device)

@@ -29,4 +29,7 @@ def setup_distributed(device: str = "cpu") -> tuple[int, int, str]:
 
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
+        # wait for every rank (rank 0 may still be writing files): a gloo group torn down while a
+        # peer is still busy can abort that peer ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()

@@ -23,6 +23,5 @@ __all__ = [
     "BACKENDS", "DecoderLayer", "EncoderLayer", "FeedForward", "KVCache", "ModelConfig",
     "MultiHeadAttention", "PRESETS", "RMSNorm", "Transformer", "TransformerEncoderModel",
     "TransformerLM", "__version__", "attention", "build_model", "count_parameters",
-    "explain_backend", "preset", "register_backend",
+    "explain_backend", "load_pretrained", "preset", "register_backend",
 ]
-__all__.append("load_pretrained")

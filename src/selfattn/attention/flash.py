@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .spec import AttentionCall
+from .spec import AttentionCall, key_padding_kernel_declines
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,17 @@ DEFAULT_CONFIG = FlashConfig()
 _FLOOR = -1e30  # initial running maximum: below any finite score, above -inf
 
 
-def _key_range(i0: int, i1: int, n: int, m: int, causal: bool, window) -> tuple[int, int]:
-    """Keys [lo, hi) that some query in rows [i0, i1) may attend (causal/window, bottom-right)."""
+def _sides(causal: bool, window) -> tuple[int | None, int | None]:
+    """(left, right) keys around each query's key position; causal caps right at 0; None = unlimited."""
     left, right = window if window is not None else (None, None)
     if causal:
         right = 0 if right is None else min(right, 0)
+    return left, right
+
+
+def _key_range(i0: int, i1: int, n: int, m: int, causal: bool, window) -> tuple[int, int]:
+    """Keys [lo, hi) that some query in rows [i0, i1) may attend (causal/window, bottom-right)."""
+    left, right = _sides(causal, window)
     p0, p1 = i0 + m - n, i1 - 1 + m - n  # key positions of the first and last query
     lo = 0 if left is None else max(0, p0 - left)
     hi = m if right is None else min(m, p1 + right + 1)
@@ -59,9 +65,7 @@ def _key_range(i0: int, i1: int, n: int, m: int, causal: bool, window) -> tuple[
 
 def _block_forbidden(i0, i1, j0, j1, n, m, causal, window, device) -> Tensor | None:
     """(bq, bk) boolean, True = may NOT attend, or None when every pair in the block is allowed."""
-    left, right = window if window is not None else (None, None)
-    if causal:
-        right = 0 if right is None else min(right, 0)
+    left, right = _sides(causal, window)
     p0, p1 = i0 + m - n, i1 - 1 + m - n
     full = (left is None or j0 >= p1 - left) and (right is None or j1 - 1 <= p0 + right)
     if full:
@@ -230,15 +234,7 @@ def flash_attention(
 
 def flash_supports(call: AttentionCall) -> str | None:
     """Why "flash" cannot serve a call, or None."""
-    if call.return_weights:
-        return "blockwise attention never forms the weights (use backend 'math' to get them)"
-    if call.dropout_p > 0:
-        return "dropout on the weights is not implemented in the blockwise kernel"
-    if call.mask_kind == "float":
-        return "an additive float mask is an n x m tensor; flash takes only key-padding masks"
-    if call.mask_kind == "bool" and not call.key_padding_only:
-        return "a general boolean mask is an n x m tensor; flash takes only key-padding masks (B|1, 1, 1, Nk)"
-    return None
+    return key_padding_kernel_declines(call, "flash")
 
 
 # "auto" and flash (measured with benchmarks/attention.py on a 2-core AVX2 CPU): the PyTorch-op
@@ -257,9 +253,7 @@ AUTO_SDPA_PAIR_RATE = {"forward": 2.5, "backward": 2.0}
 def flash_pairs(call: AttentionCall, cfg: FlashConfig = DEFAULT_CONFIG) -> int:
     """(query, key) pairs flash computes for a windowed call: each query block scans the keys its rows
     may see (``_key_range``), about window width + block_q keys per query."""
-    left, right = call.window if call.window is not None else (None, None)
-    if call.causal:
-        right = 0 if right is None else min(right, 0)
+    left, right = _sides(call.causal, call.window)
     width = (call.k_len if left is None else left) + (call.k_len if right is None else right) + 1
     return call.q_len * min(call.k_len, width + cfg.block_q)
 

@@ -159,6 +159,22 @@ def validate_call(
     )
 
 
+def key_padding_kernel_declines(call: AttentionCall, name: str) -> str | None:
+    """Why a kernel that never builds an n x m tensor (``name``: "flash", "triton") cannot serve a
+    call: returned weights, dropout, or a mask other than boolean key padding (B|1, 1, 1, Nk)."""
+    if call.return_weights:
+        return (f"{name} never forms the attention weights, so it cannot return them "
+                "(use backend 'math' to get them)")
+    if call.dropout_p > 0:
+        return f"dropout on the attention weights is not implemented in the {name} kernel"
+    if call.mask_kind == "float":
+        return f"a floating (additive) mask is an n x m tensor; {name} takes only a boolean key-padding mask"
+    if call.mask_kind == "bool" and not call.key_padding_only:
+        return (f"a general boolean mask is an n x m tensor; {name} takes only key padding shaped "
+                "(B|1, 1, 1, Nk)")
+    return None
+
+
 def structural_mask(
     n: int,
     m: int,

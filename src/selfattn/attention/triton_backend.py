@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .spec import AttentionCall
+from .spec import AttentionCall, key_padding_kernel_declines
 
 _KERNELS = "selfattn.attention.triton_kernels"
 LOG2E = 1.4426950408889634  # scores are handled in log2 units, exp2 is the fast path
@@ -211,14 +211,9 @@ def triton_supports(call: AttentionCall) -> str | None:
         return f"tensors on device type {call.device_type!r}; the kernel runs on CUDA GPUs"
     if call.device_type == "cuda" and interp:
         return "Triton's interpreter is on; it would run CUDA tensors on the host"
-    if call.return_weights:
-        return "a fused kernel never forms the attention weights, so it cannot return them"
-    if call.dropout_p > 0:
-        return "dropout on the attention weights is not implemented in the kernel"
-    if call.mask_kind == "float":
-        return "floating (additive) masks are not supported; only a boolean key-padding mask"
-    if call.mask_kind == "bool" and not call.key_padding_only:
-        return "general boolean masks are not supported; only key padding shaped (B|1, 1, 1, Nk)"
+    why = key_padding_kernel_declines(call, "triton")
+    if why is not None:
+        return why
     if call.alibi:
         return "ALiBi is not implemented in the kernel"
     ok = (torch.float16, torch.bfloat16) + ((torch.float32,) if call.device_type == "cpu" else ())

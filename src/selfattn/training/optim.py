@@ -111,9 +111,9 @@ class ChainedOptimizer:
         groups, offset = list(sd["param_groups"]), 0
         for opt in self.optimizers:
             mine, groups = groups[:len(opt.param_groups)], groups[len(opt.param_groups):]
-            ids = [i for g in mine for i in g["params"]]
+            ids = {i for g in mine for i in g["params"]}
             opt.load_state_dict({
-                "state": {int(i) - offset: sd["state"][i] for i in sd["state"] if int(i) in set(ids)},
+                "state": {int(i) - offset: sd["state"][i] for i in sd["state"] if int(i) in ids},
                 "param_groups": [{**g, "params": [i - offset for i in g["params"]]} for g in mine],
             })
             offset += len(ids)

@@ -37,7 +37,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = ("none", "causal", "window", "padding")
-CPU_IMPLS = ("naive", "sdpa", "math", "torch", "flash", "auto")
+CPU_IMPLS = ("naive", "sdpa", "math", "torch", "flash", "cpu_bf16", "auto")
+BF16_ONLY = {"cpu_bf16"}  # backends that serve only bfloat16 inputs
 CUDA_IMPLS = ("sdpa_flash", "sdpa_cudnn", "triton")
 
 
@@ -178,6 +179,11 @@ def machine() -> str:
         pass
     import torch
     cap = torch.backends.cpu.get_cpu_capability()
+    try:
+        if "avx512_bf16" in Path("/proc/cpuinfo").read_text():
+            cap += ", AVX-512 BF16"
+    except OSError:
+        pass
     desc = f"{name}, {os.cpu_count()} cores ({cap}), torch {torch.__version__}"
     if torch.cuda.is_available():
         desc += f", {torch.cuda.get_device_name()}"
@@ -207,17 +213,22 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def table(rows: list[dict], title: str) -> str:
+    """Markdown table; "vs SDPA" = SDPA's median time / this one's for the same case (>1 = faster)."""
+    sdpa = {(r["n"], r["dtype"], r["case"], r["mode"]): r["time_s"] for r in rows
+            if r["impl"] == "sdpa" and "error" not in r}
     out = [f"**{title}**", "",
-           "| N | dtype | case | mode | impl | median ms | GFLOP/s | peak MiB |",
-           "|---:|---|---|---|---|---:|---:|---:|"]
+           "| N | dtype | case | mode | impl | median ms | GFLOP/s | peak MiB | vs SDPA |",
+           "|---:|---|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         impl = r["impl"] + (f" ({r['chosen']})" if r.get("chosen") else "")
         if "error" in r:
             out.append(f"| {r['n']} | {r['dtype']} | {r['case']} | {r['mode']} | {impl} | "
-                       f"{r['error']} | | |")
+                       f"{r['error']} | | | |")
             continue
+        ref = sdpa.get((r["n"], r["dtype"], r["case"], r["mode"]))
+        ratio = f"{ref / r['time_s']:.2f}x" if ref else ""
         out.append(f"| {r['n']} | {r['dtype']} | {r['case']} | {r['mode']} | {impl} | "
-                   f"{r['time_s'] * 1e3:.1f} | {r['gflops']:.1f} | {r['peak_bytes'] / 2**20:.0f} |")
+                   f"{r['time_s'] * 1e3:.1f} | {r['gflops']:.1f} | {r['peak_bytes'] / 2**20:.0f} | {ratio} |")
     return "\n".join(out) + "\n"
 
 
@@ -325,6 +336,8 @@ def main(argv=None) -> int:
                                 "device": device, "window": args.window, "repeats": args.repeats}
                         nn_gib = 8 * n * n * 4 / 2**30  # (1, 8, n, n) float32 scores
                         needs_nn = impl in dense or (impl.startswith("sdpa") and case in ("window", "padding"))
+                        if impl in BF16_ONLY and dt != "bfloat16":
+                            continue
                         if needs_nn and nn_gib > args.max_nn_gib:
                             r = {**spec, "error": f"skipped: N x N tensors {nn_gib:.0f} GiB"}
                         else:

@@ -19,8 +19,9 @@ import selfattn
 from selfattn.attention.flash import FlashConfig, flash_attention
 
 
-def reference(q, k, v, *, pad=None, causal=False, window=None, slopes=None, scale=None):
-    """float64 softmax attention; rows with no allowed key give 0."""
+def reference_probs(q, k, v, *, pad=None, causal=False, window=None, slopes=None, scale=None):
+    """float64 attention weights (b, h, n, m) and the values repeated per query head (b, h, m, e);
+    rows with no allowed key are all 0."""
     q, k, v = q.double(), k.double(), v.double()
     b, h, n, d = q.shape
     m, r = k.shape[2], h // k.shape[1]
@@ -46,7 +47,13 @@ def reference(q, k, v, *, pad=None, causal=False, window=None, slopes=None, scal
     mx = s.amax(-1, keepdim=True)
     p = torch.exp(s - torch.where(torch.isfinite(mx), mx, 0.0))
     den = p.sum(-1, keepdim=True)
-    return (p / torch.where(den > 0, den, 1.0)) @ v
+    return p / torch.where(den > 0, den, 1.0), v
+
+
+def reference(q, k, v, **kw):
+    """float64 softmax attention; rows with no allowed key give 0."""
+    p, v = reference_probs(q, k, v, **kw)
+    return p @ v
 
 
 def _case(draw_dtype, b, h, g, n, m, d, e, seed, with_pad):

@@ -1,0 +1,153 @@
+"""Backend "cpu_bf16" (the C kernel) against an independent float64 reference, outputs and gradients.
+
+The reference (test_flash.reference_probs) is written from the definition and shares no code with
+the kernel. Inputs are bfloat16, so the reference on the same values is exact; the tolerances are
+the kernel's rounding bounds, derived below, element by element. Mask convention: True = may
+attend; causal bottom-right aligned. Skipped where the CPU lacks AVX-512 BF16 or no C compiler.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_flash import reference_probs
+
+import selfattn
+from selfattn.attention import cpu_kernel
+from selfattn.attention.cpu_bf16 import AUTO_MIN_QUERIES, cpu_bf16_attention
+
+UNAVAILABLE = cpu_kernel.kernel_unavailable()
+needs_kernel = pytest.mark.skipif(UNAVAILABLE is not None, reason=str(UNAVAILABLE))
+U = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
+SLACK = 1.05  # float32 sums and the exp polynomial (~1e-6 relative) on top of the bf16 roundings
+
+
+def _inputs(b, h, g, n, m, d, e, seed, pad_keys):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, n, d, generator=gen).bfloat16()
+    k = torch.randn(b, g, m, d, generator=gen).bfloat16()
+    v = torch.randn(b, g, m, e, generator=gen).bfloat16()
+    do = torch.randn(b, h, n, e, generator=gen).bfloat16()
+    pad = (torch.rand(b, 1, 1, m, generator=gen) > 0.3) if pad_keys else None
+    return q, k, v, do, pad
+
+
+def check_against_reference(q, k, v, do, *, pad=None, causal=False, window=None, scale=None):
+    """Compare output and gradients with the float64 reference within the derived bounds.
+
+    Output o = Σ p v / Σ p: the kernel rounds p to bf16 before p·v (error ≤ u·(P|V|)) and rounds o
+    (u·|o|). Backward: P is recomputed in float32 and rounded (u) before dV = Pᵀ dO; dS = P (dP − Δ)
+    inherits Δ = Σ dO·O's error from the rounded o (≤ u·Σ|dO|(P|V| + |o|) = u·Δabs) and is rounded (u)
+    before dQ = dS K·scale and dK = dSᵀ Q·scale; each gradient is rounded to bf16 at the end (u).
+    """
+    qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out, _ = cpu_bf16_attention(qg, kg, vg, mask=pad, causal=causal, window=window, scale=scale)
+    dq, dk, dv = torch.autograd.grad(out, (qg, kg, vg), do)
+
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    p, vr = reference_probs(q64, k64, v64, pad=pad, causal=causal, window=window, scale=scale)
+    ref = p @ vr  # (b, h, n, e)
+    rq, rk, rv = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    p, vr, ref = p.detach(), vr.detach(), ref.detach()
+    r = q.shape[1] // k.shape[1]
+    sc = q.shape[-1] ** -0.5 if scale is None else scale
+
+    def per_kv_head(x):  # (b, h, ...) summed over the query heads sharing a kv head -> (b, g, ...)
+        return x.view(x.shape[0], -1, r, *x.shape[2:]).sum(2)
+
+    pv_abs = p @ vr.abs()  # (b, h, n, e)
+    out_bound = U * (pv_abs + ref.abs())
+    dp = do.double() @ vr.transpose(-2, -1)  # (b, h, n, m)
+    delta = (do.double() * ref).sum(-1, keepdim=True)  # (b, h, n, 1)
+    delta_abs = (do.double().abs() * (pv_abs + ref.abs())).sum(-1, keepdim=True)
+    ds = p * (dp - delta) * sc  # (b, h, n, m)
+    ds_err = sc * p * U * delta_abs + U * ds.abs()
+    k_rep = k.double().abs().repeat_interleave(r, 1)  # (b, h, m, d)
+    bounds = {
+        "out": (out, ref, out_bound),
+        "dq": (dq, rq, ds_err @ k_rep + U * rq.abs()),
+        "dk": (dk, rk, per_kv_head(ds_err.transpose(-2, -1) @ q.double().abs()) + U * rk.abs()),
+        "dv": (dv, rv, per_kv_head(U * p.transpose(-2, -1) @ do.double().abs()) + U * rv.abs()),
+    }
+    for name, (got, want, bound) in bounds.items():
+        assert got.dtype == torch.bfloat16 and got.shape == want.shape, name
+        assert torch.isfinite(got).all(), name
+        excess = (got.double() - want).abs() - SLACK * bound - 1e-30
+        assert excess.max() <= 0, f"{name}: worst excess {excess.max().item():.3g} over the bound"
+
+
+shapes = st.fixed_dictionaries({
+    "b": st.integers(1, 2), "g": st.integers(1, 2), "r": st.sampled_from([1, 3]),
+    "n": st.integers(1, 150), "m": st.integers(1, 150), "d": st.sampled_from([16, 40, 64]),
+    "e": st.sampled_from([8, 64, 80]), "seed": st.integers(0, 2**16), "causal": st.booleans(),
+    "pad": st.booleans(), "window": st.sampled_from([None, (5, 3), (40, None), (None, 0), (0, 0)]),
+    "scale": st.sampled_from([None, 0.3]),
+})
+
+
+@needs_kernel
+@settings(max_examples=30, deadline=None)
+@given(c=shapes)
+def test_matches_reference_within_rounding_bounds(c):
+    q, k, v, do, pad = _inputs(c["b"], c["g"] * c["r"], c["g"], c["n"], c["m"], c["d"], c["e"],
+                               c["seed"], c["pad"])
+    check_against_reference(q, k, v, do, pad=pad, causal=c["causal"], window=c["window"],
+                            scale=c["scale"])
+
+
+@needs_kernel
+def test_long_causal_gqa_crossing_many_blocks():
+    q, k, v, do, _ = _inputs(1, 4, 2, 333, 333, 64, 64, seed=7, pad_keys=False)
+    check_against_reference(q, k, v, do, causal=True)
+    check_against_reference(q[:, :, :100], k, v, do[:, :, :100], causal=True)  # Nq < Nk: decoding a suffix
+
+
+@needs_kernel
+def test_fully_masked_rows_give_zero_and_zero_gradients():
+    q, k, v, do, _ = _inputs(1, 2, 2, 70, 9, 64, 64, seed=1, pad_keys=False)
+    nothing = torch.zeros(1, 1, 1, 9, dtype=torch.bool)
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    out, _ = cpu_bf16_attention(qg, kg, vg, mask=nothing)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.backward(do)
+    for t in (qg, kg, vg):
+        assert torch.equal(t.grad, torch.zeros_like(t.grad))
+    # causal with Nq > Nk: the first Nq - Nk queries see no key (bottom-right alignment)
+    out, _ = cpu_bf16_attention(q, k, v, causal=True)
+    assert torch.equal(out[:, :, :61], torch.zeros_like(out[:, :, :61]))
+    check_against_reference(q, k, v, do, causal=True)
+
+
+@needs_kernel
+def test_auto_picks_the_kernel_for_bfloat16_and_says_why_not_for_short_queries():
+    q, k, v, _, _ = _inputs(1, 2, 2, AUTO_MIN_QUERIES, AUTO_MIN_QUERIES, 64, 64, seed=0, pad_keys=False)
+    assert selfattn.explain_backend(q, k, v, causal=True).chosen == "cpu_bf16"
+    assert selfattn.explain_backend(q, k, v, window=(16, 0)).chosen == "cpu_bf16"
+    step = selfattn.explain_backend(q[:, :, -1:], k, v, causal=True)  # one decoding step
+    assert step.chosen != "cpu_bf16" and "queries" in step.reasons["cpu_bf16"]
+    f32 = selfattn.explain_backend(q.float(), k.float(), v.float())
+    assert "only for bfloat16" in f32.reasons["cpu_bf16"]
+    slopes = torch.ones(2)
+    assert "ALiBi" in selfattn.explain_backend(q, k, v, alibi_slopes=slopes).reasons["cpu_bf16"]
+
+
+def test_unavailable_kernel_is_declined_with_a_reason(monkeypatch, tmp_path):
+    monkeypatch.setenv("SELFATTN_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match="no C compiler 'no-such-cc'"):
+        cpu_kernel.build("no-such-cc")
+    if UNAVAILABLE is not None:  # a CPU without AVX-512 BF16: auto must never pick it
+        q = torch.randn(1, 2, 256, 64).bfloat16()
+        choice = selfattn.explain_backend(q, q, q, causal=True)
+        assert choice.chosen != "cpu_bf16" and choice.reasons["cpu_bf16"] == UNAVAILABLE
+
+
+@needs_kernel
+def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
+    monkeypatch.setenv("SELFATTN_CACHE", str(tmp_path))
+    path = cpu_kernel.build()
+    assert path.parent == tmp_path and path.stat().st_size > 0
+    mtime = path.stat().st_mtime_ns
+    assert cpu_kernel.build() == path and path.stat().st_mtime_ns == mtime  # not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind

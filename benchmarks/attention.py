@@ -37,8 +37,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = ("none", "causal", "window", "padding")
-CPU_IMPLS = ("naive", "sdpa", "math", "torch", "flash", "cpu_bf16", "auto")
-BF16_ONLY = {"cpu_bf16"}  # backends that serve only bfloat16 inputs
+CPU_IMPLS = ("naive", "sdpa", "math", "torch", "flash", "cpu_bf16", "cpu_f32", "auto")
+ONLY_DTYPE = {"cpu_bf16": "bfloat16", "cpu_f32": "float32"}  # backends that serve one dtype
 CUDA_IMPLS = ("sdpa_flash", "sdpa_cudnn", "triton")
 
 
@@ -336,7 +336,7 @@ def main(argv=None) -> int:
                                 "device": device, "window": args.window, "repeats": args.repeats}
                         nn_gib = 8 * n * n * 4 / 2**30  # (1, 8, n, n) float32 scores
                         needs_nn = impl in dense or (impl.startswith("sdpa") and case in ("window", "padding"))
-                        if impl in BF16_ONLY and dt != "bfloat16":
+                        if ONLY_DTYPE.get(impl, dt) != dt:
                             continue
                         if needs_nn and nn_gib > args.max_nn_gib:
                             r = {**spec, "error": f"skipped: N x N tensors {nn_gib:.0f} GiB"}

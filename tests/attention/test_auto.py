@@ -1,13 +1,24 @@
-"""What "auto" picks once "flash" is registered, and that the reasons it gives are the real ones."""
+"""What "auto" picks once "flash" is registered, and that the reasons it gives are the real ones.
+
+These tests pin the policy among SDPA ("torch"), "flash" and "torch_f32" that a CPU without AVX-512
+gets: the C-kernel backends (cpu_bf16, cpu_f32; their policy is tested in test_cpu_fused.py) are
+taken out of the registry for them, whatever this machine's CPU is.
+"""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import selfattn
-from selfattn.attention.flash_bf16 import torch_f32_auto_declines
-from selfattn.attention.spec import validate_call
+from selfattn.attention import BACKENDS
 from selfattn.attention.flash import AUTO_MIN_SCORES, AUTO_SDPA_PAIR_RATE, DEFAULT_CONFIG
+
+
+@pytest.fixture(autouse=True)
+def without_c_kernels(monkeypatch):
+    for name in ("cpu_bf16", "cpu_f32"):
+        monkeypatch.delitem(BACKENDS, name)
 
 
 def _qkv(n, m=None):
@@ -87,10 +98,8 @@ def test_bfloat16_on_cpu_runs_sdpa_in_float32():
         with torch.no_grad():  # forward only: bf16 SDPA is as fast
             fwd = selfattn.explain_backend(q, k, v, causal=True)
         assert fwd.chosen == "torch" and "forward only" in fwd.reasons["torch_f32"]
-    else:  # AVX-512 CPUs: declined for itself, whatever outranks it (cpu_bf16 where it can run)
-        call = validate_call(q, k, v, mask=None, causal=True, scale=None, dropout_p=0.0, window=None,
-                             alibi_slopes=None, return_weights=False)
-        assert "AVX2" in torch_f32_auto_declines(call)
+    else:
+        assert "AVX2" in choice.reasons["torch_f32"]
     out = selfattn.attention(q, k, v, causal=True, backend="torch_f32")
     ref = selfattn.attention(*(t.detach().double() for t in (q, k, v)), causal=True, backend="math")
     eps = torch.finfo(torch.bfloat16).eps  # float32 compute: only the output rounding is bf16

@@ -18,7 +18,10 @@ from .spec import AttentionCall, alibi_bias, structural_mask
 from .torch_backend import torch_attention, torch_supports
 from .flash import flash_attention, flash_auto_declines, flash_supports
 from .flash_bf16 import torch_f32_attention, torch_f32_auto_declines, torch_f32_supports
-from .cpu_bf16 import cpu_bf16_attention, cpu_bf16_auto_declines, cpu_bf16_supports
+from .cpu_fused import (
+    cpu_bf16_attention, cpu_bf16_auto_declines, cpu_bf16_supports,
+    cpu_f32_attention, cpu_f32_auto_declines, cpu_f32_supports,
+)
 from .triton_backend import triton_attention, triton_supports
 
 register_backend("math", math_attention, math_supports, priority=0,
@@ -34,6 +37,9 @@ register_backend("flash", flash_attention, flash_supports, priority=15,
 register_backend("cpu_bf16", cpu_bf16_attention, cpu_bf16_supports, priority=18,
                  auto_declines=cpu_bf16_auto_declines,
                  description="fused bf16 C kernel for CPUs with AVX-512 BF16, O(N) memory forward and backward")
+register_backend("cpu_f32", cpu_f32_attention, cpu_f32_supports, priority=17,
+                 auto_declines=cpu_f32_auto_declines,
+                 description="fused float32 C kernel for CPUs with AVX-512, O(N) memory forward and backward")
 register_backend("triton", triton_attention, triton_supports, priority=20,
                  description="fused FlashAttention-2 Triton kernel for CUDA (fp16/bf16), forward and backward")
 

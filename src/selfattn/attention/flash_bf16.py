@@ -1,4 +1,6 @@
-"""Backend "torch_f32": the bfloat16/float16 CPU path — PyTorch SDPA run in float32.
+"""Backend "torch_f32": the bfloat16/float16 path for CPUs *without* bf16 units — SDPA run in float32.
+
+(CPUs with AVX-512 BF16 get backend "cpu_bf16", a fused bf16 C kernel; this one is for AVX2 CPUs.)
 
 Legend: b batch, h query heads, g kv heads, n queries, m keys, d q/k head dim, e v head dim.
 Mask convention: boolean True = may attend; ``causal`` is bottom-right aligned (query i may attend

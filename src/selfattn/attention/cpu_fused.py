@@ -1,0 +1,258 @@
+"""Backends "cpu_bf16" and "cpu_f32": fused exact attention in one C kernel on x86 CPUs with AVX-512.
+
+The kernel (``csrc/flash_cpu.c``) is FlashAttention's forward (online softmax, Dao et al. 2022) and
+FlashAttention-2's backward, recomputing each score block from the saved log-sum-exp: O(N) memory
+forward and backward, key blocks that causal/window hide are skipped, and masks are never n x m
+tensors. "cpu_bf16" runs the q·kᵀ and p·v products on the AVX-512 BF16 dot-product units (bf16
+products, float32 sums); "cpu_f32" on float32 FMAs. Softmax statistics and accumulators are float32
+in both. This module lays out the operands: zero padding to the kernel's blocks and the "pair"
+layout its products read (pairs of W = 2 values for bf16, W = 1 for float32).
+
+Legend: b batch, h query heads, g kv heads, n queries, m keys, d q/k head dim, e v head dim.
+Mask convention: boolean True = may attend; only key padding (B|1, 1, 1, Nk) besides ``causal``
+(bottom-right aligned: query i may attend key j when j <= i + m - n), ``window`` and ALiBi slopes
+(computed in the kernel, never an n x m bias). A row that may attend no key gets 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import cpu_kernel
+from .flash import _sides
+from .spec import AttentionCall, key_padding_kernel_declines
+
+_UNLIMITED = 1 << 40  # a window side of None
+_LOG2E = 1.4426950408889634
+
+
+def _round_up(x: int, to: int) -> int:
+    return -(-x // to) * to
+
+
+_VARIANT = {torch.bfloat16: "bf16", torch.float32: "f32"}
+_WIDTH = {"bf16": 2, "f32": 1}  # values per pair the kernel's products read
+
+
+def _pairs(x: Tensor, along_rows: bool, w: int) -> Tensor:
+    """(b, g, rows, cols) -> the pair layout the kernel's products read (a contiguous copy):
+    along rows (b, g, rows/w, cols, w), t[..., i, c, s] = x[..., w i + s, c];
+    along columns (b, g, cols/w, rows, w), t[..., c, i, s] = x[..., i, w c + s]."""
+    b, g, rows, cols = x.shape
+    if along_rows:
+        return x.view(b, g, rows // w, w, cols).transpose(3, 4).contiguous()  # (b, g, rows/w, cols, w)
+    return x.view(b, g, rows, cols // w, w).transpose(2, 3).contiguous()  # (b, g, cols/w, rows, w)
+
+
+def _padded(x: Tensor, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
+    """Copy of (b, g, r, c) in ``dtype``, zero-padded to (b, g, rows, cols)."""
+    return F.pad(x.to(dtype), (0, cols - x.shape[3], 0, rows - x.shape[2])).contiguous()
+
+
+def _sizes(q: Tensor, k: Tensor, v: Tensor, qb: int, kb: int) -> tuple[int, int, int, int]:
+    """(n_pad, m_pad, d2, e2): lengths padded to the blocks, head dims to the 32-column tiles."""
+    return (_round_up(q.shape[2], qb), _round_up(k.shape[2], kb), _round_up(q.shape[3], 32),
+            _round_up(v.shape[3], 32))
+
+
+def _padding_bytes(kpm: Tensor | None, m: int, m_pad: int, kb: int):
+    """(b|1, m) bytes 1 = may attend, and (b|1, m_pad/kb) bytes 1 = the whole key block may be."""
+    if kpm is None:
+        return None, None
+    allowed = F.pad(kpm.to(torch.uint8), (0, m_pad - m)).contiguous()  # (b|1, m_pad), 0 past m
+    whole = allowed.view(allowed.shape[0], m_pad // kb, kb).amin(dim=-1).contiguous()  # (b|1, m_pad/kb)
+    return allowed, whole
+
+
+def _window_sides(causal: bool, window) -> tuple[int, int]:
+    left, right = _sides(causal, window)
+    return (_UNLIMITED if left is None else left), (_UNLIMITED if right is None else right)
+
+
+def _slopes(slopes: Tensor | None) -> Tensor | None:
+    return None if slopes is None else slopes.detach().to(torch.float32).contiguous()  # (h,)
+
+
+def cpu_fused_forward(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slopes: Tensor | None,
+                     scale: float, causal: bool, window) -> tuple[Tensor, Tensor]:
+    """Run the C forward. kpm: (b|1, m) bool, True = may attend; slopes: (h,) ALiBi or None.
+    Returns out (b, h, n, e) in q's dtype and lse (b, h, n) float32, natural log of the scaled (and
+    ALiBi-biased) scores, +inf for rows that see nothing."""
+    dt = q.dtype
+    variant = _VARIANT[dt]
+    lib, w = cpu_kernel.kernel(variant), _WIDTH[variant]
+    qb, kb = cpu_kernel.block_sizes(variant)
+    b, h, n, _ = q.shape
+    g, m, e = k.shape[1], k.shape[2], v.shape[3]
+    n_pad, m_pad, d2, e2 = _sizes(q, k, v, qb, kb)
+    qp = _padded(q, n_pad, d2, dt)  # (b, h, n_pad, d2)
+    kp = _pairs(_padded(k, m_pad, d2, dt), along_rows=False, w=w)  # (b, g, d2/w, m_pad, w)
+    vp = _pairs(_padded(v, m_pad, e2, dt), along_rows=True, w=w)  # (b, g, m_pad/w, e2, w)
+    allowed, whole = _padding_bytes(kpm, m, m_pad, kb)
+    slopes = _slopes(slopes)
+    out = torch.empty(b, h, n_pad, e2, dtype=dt)
+    lse = torch.empty(b, h, n_pad, dtype=torch.float32)
+    rc = lib.selfattn_flash_fwd(
+        qp.data_ptr(), kp.data_ptr(), vp.data_ptr(), _ptr(allowed), _batch_stride(allowed, m_pad),
+        _ptr(whole), _ptr(slopes), out.data_ptr(), lse.data_ptr(), b, h, g, n, m, n_pad, m_pad, d2, e2, scale,
+        *_window_sides(causal, window), torch.get_num_threads())
+    if rc != 0:
+        raise MemoryError(f"the {variant} attention kernel could not allocate its scratch buffers")
+    return out[:, :, :n, :e], lse[:, :, :n]  # (b, h, n, e), (b, h, n)
+
+
+def cpu_fused_backward(q, k, v, out, lse, dout, kpm, slopes, scale, causal, window):
+    """Run the C backward. Returns float32 (dq (b, h, n, d), dk (b, g, m, d), dv (b, g, m, e))."""
+    dt = q.dtype
+    variant = _VARIANT[dt]
+    lib, w = cpu_kernel.kernel(variant), _WIDTH[variant]
+    qb, kb = cpu_kernel.block_sizes(variant)
+    b, h, n, d = q.shape
+    g, m, e = k.shape[1], k.shape[2], v.shape[3]
+    n_pad, m_pad, d2, e2 = _sizes(q, k, v, qb, kb)
+    qp = _padded(q, n_pad, d2, dt)  # (b, h, n_pad, d2)
+    dop = _padded(dout, n_pad, e2, dt)  # (b, h, n_pad, e2)
+    kpad, vpad = _padded(k, m_pad, d2, dt), _padded(v, m_pad, e2, dt)  # (b, g, m_pad, d2|e2)
+    kp = _pairs(kpad, along_rows=False, w=w)  # (b, g, d2/w, m_pad, w)
+    kvp = _pairs(kpad, along_rows=True, w=w)  # (b, g, m_pad/w, d2, w)
+    vtp = _pairs(vpad, along_rows=False, w=w)  # (b, g, e2/w, m_pad, w)
+    qt, dot = qp.transpose(2, 3).contiguous(), dop.transpose(2, 3).contiguous()  # (b, h, d2|e2, n_pad)
+    delta = (dout.float() * out.float()).sum(-1)  # (b, h, n): rowsum(dO * O)
+    delta = F.pad(delta, (0, n_pad - n)).contiguous()
+    lse2 = F.pad(lse * _LOG2E, (0, n_pad - n), value=float("inf")).contiguous()  # padded rows see nothing
+    allowed, whole = _padding_bytes(kpm, m, m_pad, kb)
+    slopes = _slopes(slopes)
+    dq = torch.zeros(b, h, n_pad, d2)
+    dk, dv = torch.empty(b, g, m_pad, d2), torch.empty(b, g, m_pad, e2)
+    rc = lib.selfattn_flash_bwd(
+        qp.data_ptr(), qt.data_ptr(), kp.data_ptr(), kvp.data_ptr(), vtp.data_ptr(), dop.data_ptr(),
+        dot.data_ptr(), lse2.data_ptr(), delta.data_ptr(), _ptr(allowed), _batch_stride(allowed, m_pad),
+        _ptr(whole), _ptr(slopes), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), b, h, g, n, m, n_pad, m_pad,
+        d2, e2,
+        scale, *_window_sides(causal, window), torch.get_num_threads())
+    if rc != 0:
+        raise MemoryError(f"the {variant} attention kernel could not allocate its scratch buffers")
+    return dq[:, :, :n, :d], dk[:, :, :m, :d], dv[:, :, :m, :e]
+
+
+def _ptr(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _batch_stride(allowed: Tensor | None, m_pad: int) -> int:
+    return 0 if allowed is None or allowed.shape[0] == 1 else m_pad
+
+
+class CpuFusedFunction(torch.autograd.Function):
+    """Fused C forward and backward; saves q, k, v, out and the per-row lse (O(N) memory)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, kpm, slopes, scale, causal, window):
+        out, lse = cpu_fused_forward(q, k, v, kpm, slopes, scale, causal, window)
+        ctx.save_for_backward(q, k, v, out, lse, kpm, slopes)
+        ctx.args = (scale, causal, window)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, kpm, slopes = ctx.saved_tensors
+        dq, dk, dv = cpu_fused_backward(q, k, v, out, lse, dout, kpm, slopes, *ctx.args)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+
+
+def _attention(name: str, q: Tensor, k: Tensor, v: Tensor, mask, causal, scale, dropout_p, window,
+               alibi_slopes, return_weights) -> tuple[Tensor, None]:
+    if dropout_p > 0 or return_weights or (mask is not None and mask.dtype != torch.bool):
+        raise ValueError(f"{name} supports no dropout, no returned weights and only boolean key-padding "
+                         f"masks; got dropout_p={dropout_p}, return_weights={return_weights}")
+    kpm = None
+    if mask is not None:
+        full = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))  # (b|1, 1, 1, m|1)
+        if full.shape[1] != 1 or full.shape[2] != 1:
+            raise ValueError(f"{name} takes only key-padding masks (B|1, 1, 1, Nk), got mask of "
+                             f"shape {tuple(mask.shape)}")
+        kpm = full[:, 0, 0, :].expand(full.shape[0], k.shape[2])  # (b|1, m), True = may attend
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return CpuFusedFunction.apply(q, k, v, kpm, alibi_slopes, scale, bool(causal), window), None
+
+
+def cpu_bf16_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
+    scale: float | None = None, dropout_p: float = 0.0, window=None,
+    alibi_slopes: Tensor | None = None, return_weights: bool = False,
+) -> tuple[Tensor, None]:
+    """Exact bfloat16 attention in the C kernel (bf16 dot products); see the module docstring.
+    The ALiBi slopes get no gradient (they are fixed per head in the paper)."""
+    return _attention("cpu_bf16", q, k, v, mask, causal, scale, dropout_p, window, alibi_slopes,
+                      return_weights)
+
+
+def cpu_f32_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
+    scale: float | None = None, dropout_p: float = 0.0, window=None,
+    alibi_slopes: Tensor | None = None, return_weights: bool = False,
+) -> tuple[Tensor, None]:
+    """Exact float32 attention in the C kernel (FMAs); see the module docstring.
+    The ALiBi slopes get no gradient (they are fixed per head in the paper)."""
+    return _attention("cpu_f32", q, k, v, mask, causal, scale, dropout_p, window, alibi_slopes,
+                      return_weights)
+
+
+def _supports(call: AttentionCall, name: str, dtype: torch.dtype) -> str | None:
+    if call.dtype != dtype:
+        return f"only for {str(dtype).removeprefix('torch.')} inputs (got {call.dtype})"
+    if call.device_type != "cpu":
+        return f"only for CPU tensors (got {call.device_type})"
+    why = key_padding_kernel_declines(call, name)
+    return why if why is not None else cpu_kernel.kernel_unavailable(_VARIANT[dtype])
+
+
+def cpu_bf16_supports(call: AttentionCall) -> str | None:
+    """Why "cpu_bf16" cannot serve a call, or None."""
+    return _supports(call, "cpu_bf16", torch.bfloat16)
+
+
+def cpu_f32_supports(call: AttentionCall) -> str | None:
+    """Why "cpu_f32" cannot serve a call, or None."""
+    return _supports(call, "cpu_f32", torch.float32)
+
+
+# "auto" and the kernel (benchmarks/attention.py, 2-core AMD EPYC with AVX-512 BF16, B=1, H=8, D=64;
+# benchmarks/results/attention-cpu-*-avx512.md): against SDPA in bf16, cpu_bf16 is 1.1-9x faster
+# from N = 512 (1.4-2.3x without a mask, more where SDPA needs one). In float32, cpu_f32 is 1.2-1.4x
+# faster causal or with gradients, but 0.92x (N = 512, 1024), 1.03x (2048), 1.13x (4096) forward
+# without any mask, where SDPA's own fused kernel serves the call. For 1-32 queries (decoding) the
+# kernel is 0.2-0.4x SDPA, a 64-row query block being mostly padding (B*H = 8..256).
+AUTO_MIN_QUERIES = 64
+AUTO_F32_PLAIN_FORWARD_MIN_SCORES = 4096 * 4096  # below: SDPA for mask-free float32 forwards
+
+
+def _short(call: AttentionCall, variant: str) -> str | None:
+    if call.q_len < AUTO_MIN_QUERIES:
+        return (f"{call.q_len} queries fill a fraction of the kernel's {cpu_kernel.block_sizes(variant)[0]}-row "
+                f"query block; SDPA is faster below {AUTO_MIN_QUERIES} queries (measured)")
+    return None
+
+
+def cpu_bf16_auto_declines(call: AttentionCall) -> str | None:
+    """Why "auto" should not pick cpu_bf16 although it could serve the call (measured, see above)."""
+    return cpu_bf16_supports(call) or _short(call, "bf16")
+
+
+def cpu_f32_auto_declines(call: AttentionCall) -> str | None:
+    """Why "auto" should not pick cpu_f32 although it could serve the call (measured, see above)."""
+    why = cpu_f32_supports(call) or _short(call, "f32")
+    if why is not None:
+        return why
+    plain = (call.mask_kind == "none" and call.window is None and not call.alibi and not call.causal)
+    if plain and not call.requires_grad and call.q_len * call.k_len < AUTO_F32_PLAIN_FORWARD_MIN_SCORES:
+        return ("a mask-free float32 forward: SDPA's fused kernel is as fast here (kernel measured 0.92-1.03x "
+                f"SDPA below Nq*Nk = {AUTO_F32_PLAIN_FORWARD_MIN_SCORES})")
+    return None
+
+
+__all__ = ["AUTO_F32_PLAIN_FORWARD_MIN_SCORES", "AUTO_MIN_QUERIES", "CpuFusedFunction", "cpu_bf16_attention", "cpu_bf16_auto_declines",
+           "cpu_bf16_supports", "cpu_f32_attention", "cpu_f32_auto_declines", "cpu_f32_supports",
+           "cpu_fused_backward", "cpu_fused_forward"]

@@ -35,6 +35,7 @@
 
 #define QB 64
 #define KB 64
+#define KT 4 /* key blocks per backward task */
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
@@ -183,24 +184,33 @@ static int block_is_full(const attn_args *a, int64_t i0, int64_t j0, const uint8
    distance penalty slope2 * |p - j| (Press et al., 2022), -inf where the row may not attend. */
 static inline void logits_row(const attn_args *a, float *s, int64_t i, int64_t j0,
                               const uint8_t *kpm, int masked, float slope2) {
-    __m512 vs = _mm512_set1_ps(a->scale2);
+    const __m512 vs = _mm512_set1_ps(a->scale2), ninf = _mm512_set1_ps(-INFINITY);
     const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i iota_i = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     float off = (float)(j0 - (i + a->m - a->n)); /* key j0's distance from the query's position */
+    int64_t lo = 0, hi = KB;
+    if (masked) { /* this row's allowed keys as offsets from j0, clamped into [0, KB] */
+        row_range(a, i, &lo, &hi);
+        lo = lo - j0 < 0 ? 0 : (lo - j0 > KB ? KB : lo - j0);
+        hi = hi - j0 < 0 ? 0 : (hi - j0 > KB ? KB : hi - j0);
+    }
+    const __m512i vlo = _mm512_set1_epi32((int)lo), vhi = _mm512_set1_epi32((int)hi);
     for (int c = 0; c < KB; c += 16) {
         __m512 x = _mm512_mul_ps(_mm512_loadu_ps(s + c), vs);
         if (slope2 != 0.0f) {
             __m512 dist = _mm512_abs_ps(_mm512_add_ps(iota, _mm512_set1_ps(off + c)));
             x = _mm512_fnmadd_ps(_mm512_set1_ps(slope2), dist, x);
         }
-        _mm512_storeu_ps(s + c, x);
-    }
-    if (masked) {
-        int64_t lo, hi;
-        row_range(a, i, &lo, &hi);
-        for (int c = 0; c < KB; c++) {
-            int64_t j = j0 + c;
-            if (j < lo || j >= hi || (kpm && !kpm[j])) s[c] = -INFINITY;
+        if (masked) {
+            __m512i col = _mm512_add_epi32(iota_i, _mm512_set1_epi32(c));
+            __mmask16 ok = _mm512_cmp_epi32_mask(col, vlo, _MM_CMPINT_NLT) &
+                           _mm512_cmp_epi32_mask(col, vhi, _MM_CMPINT_LT);
+            if (kpm)
+                ok &= _mm512_test_epi32_mask(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(kpm + j0 + c))),
+                                             _mm512_set1_epi32(0xff));
+            x = _mm512_mask_blend_ps(ok, ninf, x);
         }
+        _mm512_storeu_ps(s + c, x);
     }
 }
 
@@ -319,8 +329,8 @@ int selfattn_flash_fwd(const elem_t *q, const elem_t *kp, const elem_t *vp, cons
 
 /* ---------------------------------------------------------------- backward (FlashAttention-2)
 
-   Each task owns one key block of one kv head and walks every (query head of its group, query
-   block) pair that sees it: S = Q Kᵀ, P = 2^(S·scale2 − lse2), dP = dO Vᵀ, dS = P ⊙ (dP − Δ) · scale,
+   Each task owns KT key blocks of one kv head and walks every (query head of its group, query
+   block) pair that sees them: S = Q Kᵀ, P = 2^(S·scale2 − lse2), dP = dO Vᵀ, dS = P ⊙ (dP − Δ) · scale,
    then dVᵀ += dOᵀ P and dKᵀ += Qᵀ dS (kept in the task, written once) and dQ += dS K (added to the
    shared float32 dQ under a lock per query block). The transposed products read P and dS in
    pair layout along queries, PI[t][j][s] = P[W t + s][j], so no matrix is ever transposed.
@@ -357,8 +367,10 @@ static void bwd_probs(const attn_args *a, bwd_scratch *w, int64_t bh, int64_t i0
     }
 }
 
+/* One (query block i0 of one head, key block j0) pair: dVᵀ, dKᵀ into dvt, dkt; dQ into w->dQl
+   (overwritten when first, else accumulated). */
 static void bwd_pair(const attn_args *a, bwd_scratch *w, int64_t bi, int64_t head, int64_t gi,
-                     int64_t i0, int64_t j0) {
+                     int64_t i0, int64_t j0, float *dkt, float *dvt, int first) {
     const int64_t n_pad = a->n_pad, m_pad = a->m_pad, d = a->d, e = a->e, bh = bi * a->h + head;
     const elem_t *q = a->q + bh * n_pad * d, *qt = a->qt + bh * d * n_pad;
     const elem_t *dout = a->dout + bh * n_pad * e, *dot = a->dot + bh * e * n_pad;
@@ -374,50 +386,68 @@ static void bwd_pair(const attn_args *a, bwd_scratch *w, int64_t bi, int64_t hea
     bwd_probs(a, w, bh, i0, j0, kpm, !block_is_full(a, i0, j0, all), a->slopes ? a->slopes[head] * LOG2E : 0.0f);
     for (int64_t rt = 0; rt < e; rt += 8)  /* dVᵀ (e, KB) += dOᵀ (e, QB) . P (QB, KB) */
         for (int ct = 0; ct < KB; ct += 32)
-            mk_8x32(dot + rt * n_pad + i0, n_pad, w->PI + W * ct, W * KB, QB / W, w->dVT + rt * KB + ct, KB, 1);
+            mk_8x32(dot + rt * n_pad + i0, n_pad, w->PI + W * ct, W * KB, QB / W, dvt + rt * KB + ct, KB, 1);
     for (int64_t rt = 0; rt < d; rt += 8)  /* dKᵀ (d, KB) += Qᵀ (d, QB) . dS (QB, KB) */
         for (int ct = 0; ct < KB; ct += 32)
-            mk_8x32(qt + rt * n_pad + i0, n_pad, w->dSI + W * ct, W * KB, QB / W, w->dKT + rt * KB + ct, KB, 1);
+            mk_8x32(qt + rt * n_pad + i0, n_pad, w->dSI + W * ct, W * KB, QB / W, dkt + rt * KB + ct, KB, 1);
     for (int rt = 0; rt < QB; rt += 8)  /* dQ (QB, d) = dS (QB, KB) . K (KB, d) */
         for (int64_t ct = 0; ct < d; ct += 32)
-            mk_8x32(w->dSr + rt * KB, KB, kvp + j0 * d + W * ct, W * d, KB / W, w->dQl + rt * d + ct, d, 0);
-    omp_lock_t *lock = a->locks + bh * (n_pad / QB) + i0 / QB;
-    float *dq = a->dq + (bh * n_pad + i0) * d;
+            mk_8x32(w->dSr + rt * KB, KB, kvp + j0 * d + W * ct, W * d, KB / W, w->dQl + rt * d + ct, d, !first);
+}
+
+/* Key rows [j0, j0+KB) of kv head gi in batch row bi: dK and dV from every query block that sees them. */
+/* Adds one query block's dQ (in w->dQl) to the shared dq, under that block's lock. */
+static void add_dq(const attn_args *a, bwd_scratch *w, int64_t bh, int64_t i0) {
+    omp_lock_t *lock = a->locks + bh * (a->n_pad / QB) + i0 / QB;
+    float *dq = a->dq + (bh * a->n_pad + i0) * a->d;
     omp_set_lock(lock);
-    for (int64_t x = 0; x < QB * d; x += 16)
+    for (int64_t x = 0; x < QB * a->d; x += 16)
         _mm512_storeu_ps(dq + x, _mm512_add_ps(_mm512_loadu_ps(dq + x), _mm512_loadu_ps(w->dQl + x)));
     omp_unset_lock(lock);
 }
 
-/* Key rows [j0, j0+KB) of kv head gi in batch row bi: dK and dV from every query block that sees them. */
+/* Key rows [j0, j0 + KT*KB) of kv head gi in batch row bi: dK and dV from every query block that
+   sees them. KT key blocks per task: each query block's Q, dO and dQ rows pass once per KT blocks. */
 static void bwd_task(const attn_args *a, bwd_scratch *w, int64_t bi, int64_t gi, int64_t j0) {
     const int64_t d = a->d, e = a->e, r_per_g = a->h / a->g;
-    memset(w->dKT, 0, sizeof(float) * d * KB);
-    memset(w->dVT, 0, sizeof(float) * e * KB);
+    const int nblk = (int)((a->m_pad - j0) / KB < KT ? (a->m_pad - j0) / KB : KT);
+    memset(w->dKT, 0, sizeof(float) * d * KB * KT);
+    memset(w->dVT, 0, sizeof(float) * e * KB * KT);
     for (int64_t i0 = 0; i0 < a->n_pad; i0 += QB) {
         int64_t lo, hi, lo2, hi2;
         row_range(a, i0, &lo, &hi);
         row_range(a, i0 + QB - 1, &lo2, &hi2);
-        if (hi2 <= j0 || lo >= j0 + KB || lo >= hi2) continue; /* no row of the block sees these keys */
-        for (int64_t rr = 0; rr < r_per_g; rr++) bwd_pair(a, w, bi, gi * r_per_g + rr, gi, i0, j0);
+        for (int64_t rr = 0; rr < r_per_g; rr++) {
+            int first = 1;
+            for (int s = 0; s < nblk; s++) {
+                int64_t jb = j0 + s * KB;
+                if (hi2 <= jb || lo >= jb + KB || lo >= hi2) continue; /* no row of the block sees these keys */
+                bwd_pair(a, w, bi, gi * r_per_g + rr, gi, i0, jb, w->dKT + s * d * KB, w->dVT + s * e * KB, first);
+                first = 0;
+            }
+            if (!first) add_dq(a, w, bi * a->h + gi * r_per_g + rr, i0);
+        }
     }
-    float *dk = a->dk + ((bi * a->g + gi) * a->m_pad + j0) * d;
-    float *dv = a->dv + ((bi * a->g + gi) * a->m_pad + j0) * e;
-    for (int j = 0; j < KB; j++) {
-        for (int64_t c = 0; c < d; c++) dk[j * d + c] = w->dKT[c * KB + j];
-        for (int64_t c = 0; c < e; c++) dv[j * e + c] = w->dVT[c * KB + j];
+    for (int s = 0; s < nblk; s++) {
+        float *dk = a->dk + ((bi * a->g + gi) * a->m_pad + j0 + s * KB) * d;
+        float *dv = a->dv + ((bi * a->g + gi) * a->m_pad + j0 + s * KB) * e;
+        const float *dkt = w->dKT + s * d * KB, *dvt = w->dVT + s * e * KB;
+        for (int j = 0; j < KB; j++) {
+            for (int64_t c = 0; c < d; c++) dk[j * d + c] = dkt[c * KB + j];
+            for (int64_t c = 0; c < e; c++) dv[j * e + c] = dvt[c * KB + j];
+        }
     }
 }
 
 static void backward_all(const attn_args *a, int nthreads, int *failed) {
-    const int64_t nkb = a->m_pad / KB, tasks = a->b * a->g * nkb, d = a->d, e = a->e;
+    const int64_t nkb = (a->m_pad + KB * KT - 1) / (KB * KT), tasks = a->b * a->g * nkb, d = a->d, e = a->e;
 #pragma omp parallel num_threads(nthreads)
     {
         bwd_scratch w;
         w.S = _mm_malloc(sizeof(float) * QB * KB, 64);
         w.dP = _mm_malloc(sizeof(float) * QB * KB, 64);
-        w.dKT = _mm_malloc(sizeof(float) * d * KB, 64);
-        w.dVT = _mm_malloc(sizeof(float) * e * KB, 64);
+        w.dKT = _mm_malloc(sizeof(float) * d * KB * KT, 64);
+        w.dVT = _mm_malloc(sizeof(float) * e * KB * KT, 64);
         w.dQl = _mm_malloc(sizeof(float) * QB * d, 64);
         w.PI = _mm_malloc(sizeof(elem_t) * QB * KB, 64);
         w.dSI = _mm_malloc(sizeof(elem_t) * QB * KB, 64);
@@ -431,7 +461,7 @@ static void backward_all(const attn_args *a, int nthreads, int *failed) {
             if (*failed) continue;
             /* key block 0 first: under a causal mask the first key blocks have the most work */
             int64_t bg = t / nkb;
-            bwd_task(a, &w, bg / a->g, bg % a->g, (t % nkb) * KB);
+            bwd_task(a, &w, bg / a->g, bg % a->g, (t % nkb) * KB * KT);
         }
         _mm_free(w.S); _mm_free(w.dP); _mm_free(w.dKT); _mm_free(w.dVT); _mm_free(w.dQl);
         _mm_free(w.PI); _mm_free(w.dSI); _mm_free(w.dSr);

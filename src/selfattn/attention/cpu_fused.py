@@ -36,14 +36,19 @@ _VARIANT = {torch.bfloat16: "bf16", torch.float32: "f32"}
 _WIDTH = {"bf16": 2, "f32": 1}  # values per pair the kernel's products read
 
 
-def _pairs(x: Tensor, along_rows: bool, w: int) -> Tensor:
-    """(b, g, rows, cols) -> the pair layout the kernel's products read (a contiguous copy):
-    along rows (b, g, rows/w, cols, w), t[..., i, c, s] = x[..., w i + s, c];
-    along columns (b, g, cols/w, rows, w), t[..., c, i, s] = x[..., i, w c + s]."""
+def _row_pairs(x: Tensor, w: int) -> Tensor:
+    """(b, g, rows, cols) -> pairs of w consecutive rows interleaved (a contiguous copy):
+    (b, g, rows/w, cols, w), t[..., i, c, s] = x[..., w i + s, c]."""
     b, g, rows, cols = x.shape
-    if along_rows:
-        return x.view(b, g, rows // w, w, cols).transpose(3, 4).contiguous()  # (b, g, rows/w, cols, w)
-    return x.view(b, g, rows, cols // w, w).transpose(2, 3).contiguous()  # (b, g, cols/w, rows, w)
+    return x.view(b, g, rows // w, w, cols).transpose(3, 4).contiguous()  # (b, g, rows/w, cols, w)
+
+
+def _tiled_pairs(x: Tensor, block: int, w: int) -> Tensor:
+    """(b, g, rows, cols) -> per block of ``block`` rows, that block's pair layout along columns:
+    (b, g, rows/block, cols/w, block, w), t[..., J, c, i, s] = x[..., block J + i, w c + s]."""
+    b, g, rows, cols = x.shape
+    t = x.view(b, g, rows // block, block, cols // w, w)  # (b, g, J, i, c, s)
+    return t.permute(0, 1, 2, 4, 3, 5).contiguous()  # (b, g, J, c, i, s)
 
 
 def _padded(x: Tensor, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
@@ -88,8 +93,8 @@ def cpu_fused_forward(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slope
     g, m, e = k.shape[1], k.shape[2], v.shape[3]
     n_pad, m_pad, d2, e2 = _sizes(q, k, v, qb, kb)
     qp = _padded(q, n_pad, d2, dt)  # (b, h, n_pad, d2)
-    kp = _pairs(_padded(k, m_pad, d2, dt), along_rows=False, w=w)  # (b, g, d2/w, m_pad, w)
-    vp = _pairs(_padded(v, m_pad, e2, dt), along_rows=True, w=w)  # (b, g, m_pad/w, e2, w)
+    kp = _tiled_pairs(_padded(k, m_pad, d2, dt), kb, w)  # (b, g, m_pad/kb, d2/w, kb, w)
+    vp = _row_pairs(_padded(v, m_pad, e2, dt), w)  # (b, g, m_pad/w, e2, w)
     allowed, whole = _padding_bytes(kpm, m, m_pad, kb)
     slopes = _slopes(slopes)
     out = torch.empty(b, h, n_pad, e2, dtype=dt)
@@ -115,10 +120,10 @@ def cpu_fused_backward(q, k, v, out, lse, dout, kpm, slopes, scale, causal, wind
     qp = _padded(q, n_pad, d2, dt)  # (b, h, n_pad, d2)
     dop = _padded(dout, n_pad, e2, dt)  # (b, h, n_pad, e2)
     kpad, vpad = _padded(k, m_pad, d2, dt), _padded(v, m_pad, e2, dt)  # (b, g, m_pad, d2|e2)
-    kp = _pairs(kpad, along_rows=False, w=w)  # (b, g, d2/w, m_pad, w)
-    kvp = _pairs(kpad, along_rows=True, w=w)  # (b, g, m_pad/w, d2, w)
-    vtp = _pairs(vpad, along_rows=False, w=w)  # (b, g, e2/w, m_pad, w)
-    qt, dot = qp.transpose(2, 3).contiguous(), dop.transpose(2, 3).contiguous()  # (b, h, d2|e2, n_pad)
+    kp = _tiled_pairs(kpad, kb, w)  # (b, g, m_pad/kb, d2/w, kb, w)
+    kvp = _row_pairs(kpad, w)  # (b, g, m_pad/w, d2, w)
+    vtp = _tiled_pairs(vpad, kb, w)  # (b, g, m_pad/kb, e2/w, kb, w)
+    qt, dot = _tiled_pairs(qp, qb, 1), _tiled_pairs(dop, qb, 1)  # (b, h, n_pad/qb, d2|e2, qb, 1)
     delta = (dout.float() * out.float()).sum(-1)  # (b, h, n): rowsum(dO * O)
     delta = F.pad(delta, (0, n_pad - n)).contiguous()
     lse2 = F.pad(lse * _LOG2E, (0, n_pad - n), value=float("inf")).contiguous()  # padded rows see nothing

@@ -22,7 +22,7 @@
 
    Layouts (elem_t = bf16 bits as uint16, or float):
      q   (b, h, n_pad, d)             row-major; rows n..n_pad are padding
-     kp  (b, g, d/W, m_pad, W)        kp[..., t, j, s] = k[..., j, W t + s]
+     kp  (b, g, m_pad/KB, d/W, KB, W) per key block: kp[..., J, t, j, s] = k[..., KB J + j, W t + s]
      vp  (b, g, m_pad/W, e, W)        vp[..., t, c, s] = v[..., W t + s, c]
      out (b, h, n_pad, e) elem_t, lse (b, h, n_pad) float32 (natural log of the scaled scores)
 */
@@ -267,7 +267,7 @@ static void forward_task(const attn_args *a, int64_t bi, int64_t head, int64_t i
     for (int64_t j0 = (lo / KB) * KB; j0 < hi; j0 += KB) {
         for (int rt = 0; rt < QB; rt += 8)  /* S (QB, KB) = Q (QB, d) . Kᵀ */
             for (int ct = 0; ct < KB; ct += 32)
-                mk_8x32(q + (i0 + rt) * d, d, kp + W * (j0 + ct), W * m_pad, d / W, S + rt * KB + ct, KB, 0);
+                mk_8x32(q + (i0 + rt) * d, d, kp + j0 * d + W * ct, W * KB, d / W, S + rt * KB + ct, KB, 0);
         softmax_block(a, S, P, O, mrow, lrow, i0, j0, kpm, !block_is_full(a, i0, j0, all), slope2);
         for (int rt = 0; rt < QB; rt += 8)  /* O (QB, e) += P (QB, KB) . V (KB, e) */
             for (int64_t ct = 0; ct < e; ct += 32)
@@ -335,8 +335,10 @@ int selfattn_flash_fwd(const elem_t *q, const elem_t *kp, const elem_t *vp, cons
    shared float32 dQ under a lock per query block). The transposed products read P and dS in
    pair layout along queries, PI[t][j][s] = P[W t + s][j], so no matrix is ever transposed.
 
-   Extra layouts: qt (b, h, d, n_pad) and dot (b, h, e, n_pad) transposed rows; kvp (b, g, m_pad/W,
-   d, W) keys in pairs along keys; vtp (b, g, e/W, m_pad, W) values in pairs along features. */
+   Extra layouts, tiled per block so that a tile's rows are adjacent in memory (rows n_pad apart
+   would all fall in one cache set at large N): qt (b, h, n_pad/QB, d, QB) and dot (b, h, n_pad/QB,
+   e, QB) transposed query blocks; kvp (b, g, m_pad/W, d, W) keys in pairs along keys; vtp (b, g,
+   m_pad/KB, e/W, KB, W) values in pairs along features, per key block. */
 
 typedef struct {
     float *S, *dP, *dKT, *dVT, *dQl;
@@ -380,16 +382,16 @@ static void bwd_pair(const attn_args *a, bwd_scratch *w, int64_t bi, int64_t hea
     const uint8_t *all = a->kpm_all ? a->kpm_all + bi * (a->kpm_bstride ? m_pad / KB : 0) : NULL;
     for (int rt = 0; rt < QB; rt += 8)  /* S = Q Kᵀ and dP = dO Vᵀ, (QB, KB) each */
         for (int ct = 0; ct < KB; ct += 32) {
-            mk_8x32(q + (i0 + rt) * d, d, kp + W * (j0 + ct), W * m_pad, d / W, w->S + rt * KB + ct, KB, 0);
-            mk_8x32(dout + (i0 + rt) * e, e, vtp + W * (j0 + ct), W * m_pad, e / W, w->dP + rt * KB + ct, KB, 0);
+            mk_8x32(q + (i0 + rt) * d, d, kp + j0 * d + W * ct, W * KB, d / W, w->S + rt * KB + ct, KB, 0);
+            mk_8x32(dout + (i0 + rt) * e, e, vtp + j0 * e + W * ct, W * KB, e / W, w->dP + rt * KB + ct, KB, 0);
         }
     bwd_probs(a, w, bh, i0, j0, kpm, !block_is_full(a, i0, j0, all), a->slopes ? a->slopes[head] * LOG2E : 0.0f);
     for (int64_t rt = 0; rt < e; rt += 8)  /* dVᵀ (e, KB) += dOᵀ (e, QB) . P (QB, KB) */
         for (int ct = 0; ct < KB; ct += 32)
-            mk_8x32(dot + rt * n_pad + i0, n_pad, w->PI + W * ct, W * KB, QB / W, dvt + rt * KB + ct, KB, 1);
+            mk_8x32(dot + i0 * e + rt * QB, QB, w->PI + W * ct, W * KB, QB / W, dvt + rt * KB + ct, KB, 1);
     for (int64_t rt = 0; rt < d; rt += 8)  /* dKᵀ (d, KB) += Qᵀ (d, QB) . dS (QB, KB) */
         for (int ct = 0; ct < KB; ct += 32)
-            mk_8x32(qt + rt * n_pad + i0, n_pad, w->dSI + W * ct, W * KB, QB / W, dkt + rt * KB + ct, KB, 1);
+            mk_8x32(qt + i0 * d + rt * QB, QB, w->dSI + W * ct, W * KB, QB / W, dkt + rt * KB + ct, KB, 1);
     for (int rt = 0; rt < QB; rt += 8)  /* dQ (QB, d) = dS (QB, KB) . K (KB, d) */
         for (int64_t ct = 0; ct < d; ct += 32)
             mk_8x32(w->dSr + rt * KB, KB, kvp + j0 * d + W * ct, W * d, KB / W, w->dQl + rt * d + ct, d, !first);

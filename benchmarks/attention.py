@@ -232,6 +232,32 @@ def table(rows: list[dict], title: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def summary(rows: list[dict]) -> str:
+    """One line per (N, dtype, case): SDPA's median vs "auto"'s (and the backend auto chose), forward and
+    forward+backward, with the ratio (>1 = auto faster) and the peak memory of each."""
+    by = {(r["n"], r["dtype"], r["case"], r["mode"], r["impl"]): r for r in rows if "error" not in r}
+    keys = sorted({(r["n"], r["dtype"], r["case"]) for r in rows}, key=lambda k: (k[1], k[0], CASES.index(k[2])))
+    out = ["| N | dtype | case | fwd SDPA → auto | fwd+bwd SDPA → auto | fwd+bwd peak MiB SDPA / auto |",
+           "|---:|---|---|---:|---:|---:|"]
+    for n, dt, case in keys:
+        cells, mem = [], "—"
+        for mode in ("fwd", "fwdbwd"):
+            s, a = by.get((n, dt, case, mode, "sdpa")), by.get((n, dt, case, mode, "auto"))
+            if a is None:
+                cells.append("—")
+                continue
+            auto = f"{a['time_s'] * 1e3:.1f} ms ({a.get('chosen', '?')})"
+            if s is None:
+                cells.append(f"SDPA skipped (N×N mask) → {auto}")
+            else:
+                cells.append(f"{s['time_s'] * 1e3:.1f} → {auto}: **{s['time_s'] / a['time_s']:.2f}×**")
+            if mode == "fwdbwd":
+                mem = f"{s['peak_bytes'] / 2**20:.0f} / {a['peak_bytes'] / 2**20:.0f}" if s else \
+                    f"— / {a['peak_bytes'] / 2**20:.0f}"
+        out.append(f"| {n} | {dt} | {case} | {cells[0]} | {cells[1]} | {mem} |")
+    return "\n".join(out) + "\n"
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -353,7 +379,8 @@ def main(argv=None) -> int:
     doc = {"machine": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "argv": sys.argv[1:], "rows": rows}
     write_atomic(RESULTS / f"attention-{tag}.json", json.dumps(doc, indent=1))
-    write_atomic(RESULTS / f"attention-{tag}.md", table(rows, f"Attention, {name}, {doc['date']}"))
+    write_atomic(RESULTS / f"attention-{tag}.md", table(rows, f"Attention, {name}, {doc['date']}") + "\n"
+                 + summary(rows))
     plot(rows, RESULTS / f"attention-{tag}.png")
     print(f"wrote {RESULTS}/attention-{tag}.{{json,md,png}}")
     return 0

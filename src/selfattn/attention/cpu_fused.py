@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import cpu_kernel
 from .flash import _sides
-from .spec import AttentionCall, key_padding_kernel_declines
+from .spec import AttentionCall, key_padding_kernel_declines, key_padding_rows
 
 _UNLIMITED = 1 << 40  # a window side of None
 _LOG2E = 1.4426950408889634
@@ -169,16 +169,7 @@ class CpuFusedFunction(torch.autograd.Function):
 
 def _attention(name: str, q: Tensor, k: Tensor, v: Tensor, mask, causal, scale, dropout_p, window,
                alibi_slopes, return_weights) -> tuple[Tensor, None]:
-    if dropout_p > 0 or return_weights or (mask is not None and mask.dtype != torch.bool):
-        raise ValueError(f"{name} supports no dropout, no returned weights and only boolean key-padding "
-                         f"masks; got dropout_p={dropout_p}, return_weights={return_weights}")
-    kpm = None
-    if mask is not None:
-        full = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))  # (b|1, 1, 1, m|1)
-        if full.shape[1] != 1 or full.shape[2] != 1:
-            raise ValueError(f"{name} takes only key-padding masks (B|1, 1, 1, Nk), got mask of "
-                             f"shape {tuple(mask.shape)}")
-        kpm = full[:, 0, 0, :].expand(full.shape[0], k.shape[2])  # (b|1, m), True = may attend
+    kpm = key_padding_rows(name, mask, k.shape[2], dropout_p, return_weights)  # (b|1, m), True = may attend
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return CpuFusedFunction.apply(q, k, v, kpm, alibi_slopes, scale, bool(causal), window), None
 

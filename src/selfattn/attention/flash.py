@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .spec import AttentionCall, key_padding_kernel_declines
+from .spec import AttentionCall, key_padding_kernel_declines, key_padding_rows
 
 
 @dataclass(frozen=True)
@@ -217,16 +217,8 @@ def flash_attention(
 
     The ALiBi slopes get no gradient (they are fixed per head in the paper).
     """
-    if dropout_p > 0 or return_weights or (mask is not None and mask.dtype != torch.bool):
-        raise ValueError("flash attention supports no dropout, no returned weights and only boolean "
-                         f"key-padding masks; got dropout_p={dropout_p}, return_weights={return_weights}")
-    kpm = None
-    if mask is not None:
-        full = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))  # (b|1, 1, 1, m|1)
-        if full.shape[1] != 1 or full.shape[2] != 1:
-            raise ValueError(f"flash attention takes only key-padding masks (B|1, 1, 1, Nk), got "
-                             f"mask of shape {tuple(mask.shape)}")
-        kpm = ~full[:, 0, 0, :].expand(full.shape[0], k.shape[2])  # (b|1, m), True = padded
+    allowed = key_padding_rows("flash attention", mask, k.shape[2], dropout_p, return_weights)
+    kpm = None if allowed is None else ~allowed  # (b|1, m), True = padded
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     out = FlashFunction.apply(q, k, v, kpm, alibi_slopes, scale, bool(causal), window, config)
     return out, None

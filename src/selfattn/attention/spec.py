@@ -175,6 +175,22 @@ def key_padding_kernel_declines(call: AttentionCall, name: str) -> str | None:
     return None
 
 
+def key_padding_rows(name: str, mask: Tensor | None, m: int, dropout_p: float,
+                     return_weights: bool) -> Tensor | None:
+    """For kernels that take only key padding: check the call and turn ``mask`` (boolean, True = may
+    attend, broadcastable as (B|1, 1, 1, Nk)) into (b|1, m) rows, True = may attend; None = no mask."""
+    if dropout_p > 0 or return_weights or (mask is not None and mask.dtype != torch.bool):
+        raise ValueError(f"{name} supports no dropout, no returned weights and only boolean key-padding "
+                         f"masks; got dropout_p={dropout_p}, return_weights={return_weights}")
+    if mask is None:
+        return None
+    full = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))  # (b|1, 1, 1, m|1)
+    if full.shape[1] != 1 or full.shape[2] != 1:
+        raise ValueError(f"{name} takes only key-padding masks (B|1, 1, 1, Nk), got mask of shape "
+                         f"{tuple(mask.shape)}")
+    return full[:, 0, 0, :].expand(full.shape[0], m)  # (b|1, m)
+
+
 def structural_mask(
     n: int,
     m: int,

@@ -39,6 +39,21 @@
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
+/* The micro-kernels' 8 x 32 float32 accumulators: from C (or zero), and back. */
+static inline void acc_load(__m512 acc[8][2], const float *C, int64_t ldc, int accumulate) {
+    for (int r = 0; r < 8; r++) {
+        acc[r][0] = accumulate ? _mm512_loadu_ps(C + r * ldc) : _mm512_setzero_ps();
+        acc[r][1] = accumulate ? _mm512_loadu_ps(C + r * ldc + 16) : _mm512_setzero_ps();
+    }
+}
+
+static inline void acc_store(__m512 acc[8][2], float *C, int64_t ldc) {
+    for (int r = 0; r < 8; r++) {
+        _mm512_storeu_ps(C + r * ldc, acc[r][0]);
+        _mm512_storeu_ps(C + r * ldc + 16, acc[r][1]);
+    }
+}
+
 #ifdef SELFATTN_F32
 typedef float elem_t;
 #define W 1
@@ -47,10 +62,7 @@ typedef float elem_t;
 static inline void mk_8x32(const elem_t *A, int64_t lda, const elem_t *B, int64_t ldb, int64_t K,
                            float *C, int64_t ldc, int accumulate) {
     __m512 acc[8][2];
-    for (int r = 0; r < 8; r++) {
-        acc[r][0] = accumulate ? _mm512_loadu_ps(C + r * ldc) : _mm512_setzero_ps();
-        acc[r][1] = accumulate ? _mm512_loadu_ps(C + r * ldc + 16) : _mm512_setzero_ps();
-    }
+    acc_load(acc, C, ldc, accumulate);
     for (int64_t t = 0; t < K; t++) {
         __m512 b0 = _mm512_loadu_ps(B + t * ldb), b1 = _mm512_loadu_ps(B + t * ldb + 16);
 #pragma GCC unroll 8
@@ -60,10 +72,7 @@ static inline void mk_8x32(const elem_t *A, int64_t lda, const elem_t *B, int64_
             acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
         }
     }
-    for (int r = 0; r < 8; r++) {
-        _mm512_storeu_ps(C + r * ldc, acc[r][0]);
-        _mm512_storeu_ps(C + r * ldc + 16, acc[r][1]);
-    }
+    acc_store(acc, C, ldc);
 }
 
 static inline void store32(elem_t *dst, __m512 lo, __m512 hi) {
@@ -88,10 +97,7 @@ typedef uint16_t elem_t; /* bfloat16 bits */
 static inline void mk_8x32(const elem_t *A, int64_t lda, const elem_t *B, int64_t ldb, int64_t K2,
                            float *C, int64_t ldc, int accumulate) {
     __m512 acc[8][2];
-    for (int r = 0; r < 8; r++) {
-        acc[r][0] = accumulate ? _mm512_loadu_ps(C + r * ldc) : _mm512_setzero_ps();
-        acc[r][1] = accumulate ? _mm512_loadu_ps(C + r * ldc + 16) : _mm512_setzero_ps();
-    }
+    acc_load(acc, C, ldc, accumulate);
     for (int64_t t = 0; t < K2; t++) {
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(B + t * ldb);
         __m512bh b1 = (__m512bh)_mm512_loadu_si512(B + t * ldb + 32);
@@ -104,10 +110,7 @@ static inline void mk_8x32(const elem_t *A, int64_t lda, const elem_t *B, int64_
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
         }
     }
-    for (int r = 0; r < 8; r++) {
-        _mm512_storeu_ps(C + r * ldc, acc[r][0]);
-        _mm512_storeu_ps(C + r * ldc + 16, acc[r][1]);
-    }
+    acc_store(acc, C, ldc);
 }
 
 /* 32 floats -> 32 bf16 (round to nearest even). */

@@ -16,6 +16,9 @@ Mask convention: boolean True = may attend; only key padding (B|1, 1, 1, Nk) bes
 
 from __future__ import annotations
 
+import ctypes
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,15 +54,31 @@ def _tiled_pairs(x: Tensor, block: int, w: int) -> Tensor:
     return t.permute(0, 1, 2, 4, 3, 5).contiguous()  # (b, g, J, c, i, s)
 
 
-def _padded(x: Tensor, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
-    """Copy of (b, g, r, c) in ``dtype``, zero-padded to (b, g, rows, cols)."""
-    return F.pad(x.to(dtype), (0, cols - x.shape[3], 0, rows - x.shape[2])).contiguous()
+def _padded(x: Tensor, rows: int, cols: int) -> Tensor:
+    """Copy of (b, g, r, c) zero-padded to (b, g, rows, cols)."""
+    return F.pad(x, (0, cols - x.shape[3], 0, rows - x.shape[2])).contiguous()
 
 
-def _sizes(q: Tensor, k: Tensor, v: Tensor, qb: int, kb: int) -> tuple[int, int, int, int]:
-    """(n_pad, m_pad, d2, e2): lengths padded to the blocks, head dims to the 32-column tiles."""
-    return (_round_up(q.shape[2], qb), _round_up(k.shape[2], kb), _round_up(q.shape[3], 32),
-            _round_up(v.shape[3], 32))
+@dataclass(frozen=True)
+class _Plan:
+    """What forward and backward both need: the kernel build, its blocks and the padded sizes."""
+
+    variant: str  # "bf16" | "f32"
+    lib: ctypes.CDLL
+    w: int  # values per pair
+    qb: int  # query rows per block
+    kb: int  # keys per block
+    n_pad: int  # lengths padded to the blocks, head dims to the 32-column tiles
+    m_pad: int
+    d2: int
+    e2: int
+
+
+def _plan(q: Tensor, k: Tensor, v: Tensor) -> _Plan:
+    variant = _VARIANT[q.dtype]
+    qb, kb = cpu_kernel.block_sizes(variant)
+    return _Plan(variant, cpu_kernel.kernel(variant), _WIDTH[variant], qb, kb, _round_up(q.shape[2], qb),
+                 _round_up(k.shape[2], kb), _round_up(q.shape[3], 32), _round_up(v.shape[3], 32))
 
 
 def _padding_bytes(kpm: Tensor | None, m: int, m_pad: int, kb: int):
@@ -85,60 +104,51 @@ def cpu_fused_forward(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slope
     """Run the C forward. kpm: (b|1, m) bool, True = may attend; slopes: (h,) ALiBi or None.
     Returns out (b, h, n, e) in q's dtype and lse (b, h, n) float32, natural log of the scaled (and
     ALiBi-biased) scores, +inf for rows that see nothing."""
-    dt = q.dtype
-    variant = _VARIANT[dt]
-    lib, w = cpu_kernel.kernel(variant), _WIDTH[variant]
-    qb, kb = cpu_kernel.block_sizes(variant)
+    p = _plan(q, k, v)
     b, h, n, _ = q.shape
     g, m, e = k.shape[1], k.shape[2], v.shape[3]
-    n_pad, m_pad, d2, e2 = _sizes(q, k, v, qb, kb)
-    qp = _padded(q, n_pad, d2, dt)  # (b, h, n_pad, d2)
-    kp = _tiled_pairs(_padded(k, m_pad, d2, dt), kb, w)  # (b, g, m_pad/kb, d2/w, kb, w)
-    vp = _row_pairs(_padded(v, m_pad, e2, dt), w)  # (b, g, m_pad/w, e2, w)
-    allowed, whole = _padding_bytes(kpm, m, m_pad, kb)
+    qp = _padded(q, p.n_pad, p.d2)  # (b, h, n_pad, d2)
+    kp = _tiled_pairs(_padded(k, p.m_pad, p.d2), p.kb, p.w)  # (b, g, m_pad/kb, d2/w, kb, w)
+    vp = _row_pairs(_padded(v, p.m_pad, p.e2), p.w)  # (b, g, m_pad/w, e2, w)
+    allowed, whole = _padding_bytes(kpm, m, p.m_pad, p.kb)
     slopes = _slopes(slopes)
-    out = torch.empty(b, h, n_pad, e2, dtype=dt)
-    lse = torch.empty(b, h, n_pad, dtype=torch.float32)
-    rc = lib.selfattn_flash_fwd(
-        qp.data_ptr(), kp.data_ptr(), vp.data_ptr(), _ptr(allowed), _batch_stride(allowed, m_pad),
-        _ptr(whole), _ptr(slopes), out.data_ptr(), lse.data_ptr(), b, h, g, n, m, n_pad, m_pad, d2, e2, scale,
-        *_window_sides(causal, window), torch.get_num_threads())
+    out = torch.empty(b, h, p.n_pad, p.e2, dtype=q.dtype)
+    lse = torch.empty(b, h, p.n_pad, dtype=torch.float32)
+    rc = p.lib.selfattn_flash_fwd(
+        qp.data_ptr(), kp.data_ptr(), vp.data_ptr(), _ptr(allowed), _batch_stride(allowed, p.m_pad),
+        _ptr(whole), _ptr(slopes), out.data_ptr(), lse.data_ptr(), b, h, g, n, m, p.n_pad, p.m_pad,
+        p.d2, p.e2, scale, *_window_sides(causal, window), torch.get_num_threads())
     if rc != 0:
-        raise MemoryError(f"the {variant} attention kernel could not allocate its scratch buffers")
+        raise MemoryError(f"the {p.variant} attention kernel could not allocate its scratch buffers")
     return out[:, :, :n, :e], lse[:, :, :n]  # (b, h, n, e), (b, h, n)
 
 
 def cpu_fused_backward(q, k, v, out, lse, dout, kpm, slopes, scale, causal, window):
     """Run the C backward. Returns float32 (dq (b, h, n, d), dk (b, g, m, d), dv (b, g, m, e))."""
-    dt = q.dtype
-    variant = _VARIANT[dt]
-    lib, w = cpu_kernel.kernel(variant), _WIDTH[variant]
-    qb, kb = cpu_kernel.block_sizes(variant)
+    p = _plan(q, k, v)
     b, h, n, d = q.shape
     g, m, e = k.shape[1], k.shape[2], v.shape[3]
-    n_pad, m_pad, d2, e2 = _sizes(q, k, v, qb, kb)
-    qp = _padded(q, n_pad, d2, dt)  # (b, h, n_pad, d2)
-    dop = _padded(dout, n_pad, e2, dt)  # (b, h, n_pad, e2)
-    kpad, vpad = _padded(k, m_pad, d2, dt), _padded(v, m_pad, e2, dt)  # (b, g, m_pad, d2|e2)
-    kp = _tiled_pairs(kpad, kb, w)  # (b, g, m_pad/kb, d2/w, kb, w)
-    kvp = _row_pairs(kpad, w)  # (b, g, m_pad/w, d2, w)
-    vtp = _tiled_pairs(vpad, kb, w)  # (b, g, m_pad/kb, e2/w, kb, w)
-    qt, dot = _tiled_pairs(qp, qb, 1), _tiled_pairs(dop, qb, 1)  # (b, h, n_pad/qb, d2|e2, qb, 1)
+    qp = _padded(q, p.n_pad, p.d2)  # (b, h, n_pad, d2)
+    dop = _padded(dout.to(q.dtype), p.n_pad, p.e2)  # (b, h, n_pad, e2)
+    kpad, vpad = _padded(k, p.m_pad, p.d2), _padded(v, p.m_pad, p.e2)  # (b, g, m_pad, d2|e2)
+    kp = _tiled_pairs(kpad, p.kb, p.w)  # (b, g, m_pad/kb, d2/w, kb, w)
+    kvp = _row_pairs(kpad, p.w)  # (b, g, m_pad/w, d2, w)
+    vtp = _tiled_pairs(vpad, p.kb, p.w)  # (b, g, m_pad/kb, e2/w, kb, w)
+    qt, dot = _tiled_pairs(qp, p.qb, 1), _tiled_pairs(dop, p.qb, 1)  # (b, h, n_pad/qb, d2|e2, qb, 1)
     delta = (dout.float() * out.float()).sum(-1)  # (b, h, n): rowsum(dO * O)
-    delta = F.pad(delta, (0, n_pad - n)).contiguous()
-    lse2 = F.pad(lse * _LOG2E, (0, n_pad - n), value=float("inf")).contiguous()  # padded rows see nothing
-    allowed, whole = _padding_bytes(kpm, m, m_pad, kb)
+    delta = F.pad(delta, (0, p.n_pad - n)).contiguous()
+    lse2 = F.pad(lse * _LOG2E, (0, p.n_pad - n), value=float("inf")).contiguous()  # padded rows see nothing
+    allowed, whole = _padding_bytes(kpm, m, p.m_pad, p.kb)
     slopes = _slopes(slopes)
-    dq = torch.zeros(b, h, n_pad, d2)
-    dk, dv = torch.empty(b, g, m_pad, d2), torch.empty(b, g, m_pad, e2)
-    rc = lib.selfattn_flash_bwd(
+    dq = torch.zeros(b, h, p.n_pad, p.d2)
+    dk, dv = torch.empty(b, g, p.m_pad, p.d2), torch.empty(b, g, p.m_pad, p.e2)
+    rc = p.lib.selfattn_flash_bwd(
         qp.data_ptr(), qt.data_ptr(), kp.data_ptr(), kvp.data_ptr(), vtp.data_ptr(), dop.data_ptr(),
-        dot.data_ptr(), lse2.data_ptr(), delta.data_ptr(), _ptr(allowed), _batch_stride(allowed, m_pad),
-        _ptr(whole), _ptr(slopes), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), b, h, g, n, m, n_pad, m_pad,
-        d2, e2,
-        scale, *_window_sides(causal, window), torch.get_num_threads())
+        dot.data_ptr(), lse2.data_ptr(), delta.data_ptr(), _ptr(allowed), _batch_stride(allowed, p.m_pad),
+        _ptr(whole), _ptr(slopes), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), b, h, g, n, m, p.n_pad,
+        p.m_pad, p.d2, p.e2, scale, *_window_sides(causal, window), torch.get_num_threads())
     if rc != 0:
-        raise MemoryError(f"the {variant} attention kernel could not allocate its scratch buffers")
+        raise MemoryError(f"the {p.variant} attention kernel could not allocate its scratch buffers")
     return dq[:, :, :n, :d], dk[:, :, :m, :d], dv[:, :, :m, :e]
 
 
@@ -249,6 +259,6 @@ def cpu_f32_auto_declines(call: AttentionCall) -> str | None:
     return None
 
 
-__all__ = ["AUTO_F32_PLAIN_FORWARD_MIN_SCORES", "AUTO_MIN_QUERIES", "CpuFusedFunction", "cpu_bf16_attention", "cpu_bf16_auto_declines",
-           "cpu_bf16_supports", "cpu_f32_attention", "cpu_f32_auto_declines", "cpu_f32_supports",
+__all__ = ["AUTO_F32_PLAIN_FORWARD_MIN_SCORES", "AUTO_MIN_QUERIES", "CpuFusedFunction", "cpu_bf16_attention",
+           "cpu_bf16_auto_declines", "cpu_bf16_supports", "cpu_f32_attention", "cpu_f32_auto_declines", "cpu_f32_supports",
            "cpu_fused_backward", "cpu_fused_forward"]

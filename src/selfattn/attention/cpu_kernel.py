@@ -127,6 +127,7 @@ def kernel(variant: str) -> ctypes.CDLL:
     return lib
 
 
+@functools.lru_cache(maxsize=None)
 def block_sizes(variant: str) -> tuple[int, int]:
     """(query rows, keys) per block of the compiled kernel."""
     qb, kb = ctypes.c_int64(), ctypes.c_int64()

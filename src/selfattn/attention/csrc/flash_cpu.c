@@ -155,18 +155,24 @@ static inline __m512 exp2_ps(__m512 x) {
 
 /* Everything a forward or backward task reads: pointers to the laid-out operands and the call. */
 typedef struct {
-    const elem_t *q, *kp, *vp;                      /* forward and backward */
-    const elem_t *qt, *kvp, *vtp, *dout, *dot;      /* backward only */
-    const float *slopes;                          /* (h,) ALiBi slopes or NULL */
-    const float *lse2, *delta;                    /* backward: base-2 lse and rowsum(dO * O), (b, h, n_pad) */
+    const elem_t *q, *kp, *vp;                 /* forward and backward */
+    const elem_t *qt, *kvp, *vtp, *dout, *dot; /* backward only */
+    const float *slopes;                       /* (h,) ALiBi slopes or NULL */
+    const float *lse2, *delta;                 /* backward: base-2 lse and rowsum(dO * O), (b, h, n_pad) */
     const uint8_t *kpm, *kpm_all;
     int64_t kpm_bstride, b, h, g, n, m, n_pad, m_pad, d, e, left, right;
-    float scale, scale2;                          /* scale2 = scale * log2(e): scores in base 2 */
-    elem_t *out;                                    /* forward outputs */
+    float scale, scale2;                       /* scale2 = scale * log2(e): scores in base 2 */
+    elem_t *out;                               /* forward outputs */
     float *lse;
-    float *dq, *dk, *dv;                          /* backward outputs */
-    omp_lock_t *locks;                            /* one per (b, h, query block) guarding dq */
+    float *dq, *dk, *dv;                       /* backward outputs */
+    omp_lock_t *locks;                         /* one per (b, h, query block) guarding dq */
 } attn_args;
+
+/* Batch row bi's key-padding bytes and per-key-block "all allowed" bytes (NULL when no mask). */
+static inline void padding_of(const attn_args *a, int64_t bi, const uint8_t **kpm, const uint8_t **all) {
+    *kpm = a->kpm ? a->kpm + bi * a->kpm_bstride : NULL;
+    *all = a->kpm_all ? a->kpm_all + bi * (a->kpm_bstride ? a->m_pad / KB : 0) : NULL;
+}
 
 /* Keys [lo, hi) that query row i may attend (before key padding). */
 static inline void row_range(const attn_args *a, int64_t i, int64_t *lo, int64_t *hi) {
@@ -251,15 +257,15 @@ static void softmax_block(const attn_args *a, float *S, elem_t *P, float *O, flo
     }
 }
 
-/* Query rows [i0, i0+QB) of head hi in batch row bi: walk the key blocks they may see. */
+/* Query rows [i0, i0+QB) of query head `head` in batch row bi: walk the key blocks they may see. */
 static void forward_task(const attn_args *a, int64_t bi, int64_t head, int64_t i0, float *S,
                          elem_t *P, float *O) {
     const int64_t d = a->d, e = a->e, m_pad = a->m_pad, bh = bi * a->h + head;
     const int64_t gi = head / (a->h / a->g);
     const elem_t *q = a->q + bh * a->n_pad * d, *kp = a->kp + (bi * a->g + gi) * m_pad * d;
     const elem_t *vp = a->vp + (bi * a->g + gi) * m_pad * e;
-    const uint8_t *kpm = a->kpm ? a->kpm + bi * a->kpm_bstride : NULL;
-    const uint8_t *all = a->kpm_all ? a->kpm_all + bi * (a->kpm_bstride ? m_pad / KB : 0) : NULL;
+    const uint8_t *kpm, *all;
+    padding_of(a, bi, &kpm, &all);
     const float slope2 = a->slopes ? a->slopes[head] * LOG2E : 0.0f;
     float mrow[QB], lrow[QB];
     for (int r = 0; r < QB; r++) { mrow[r] = -INFINITY; lrow[r] = 0.0f; }
@@ -381,8 +387,8 @@ static void bwd_pair(const attn_args *a, bwd_scratch *w, int64_t bi, int64_t hea
     const elem_t *dout = a->dout + bh * n_pad * e, *dot = a->dot + bh * e * n_pad;
     const elem_t *kp = a->kp + (bi * a->g + gi) * m_pad * d, *kvp = a->kvp + (bi * a->g + gi) * m_pad * d;
     const elem_t *vtp = a->vtp + (bi * a->g + gi) * m_pad * e;
-    const uint8_t *kpm = a->kpm ? a->kpm + bi * a->kpm_bstride : NULL;
-    const uint8_t *all = a->kpm_all ? a->kpm_all + bi * (a->kpm_bstride ? m_pad / KB : 0) : NULL;
+    const uint8_t *kpm, *all;
+    padding_of(a, bi, &kpm, &all);
     for (int rt = 0; rt < QB; rt += 8)  /* S = Q Kᵀ and dP = dO Vᵀ, (QB, KB) each */
         for (int ct = 0; ct < KB; ct += 32) {
             mk_8x32(q + (i0 + rt) * d, d, kp + j0 * d + W * ct, W * KB, d / W, w->S + rt * KB + ct, KB, 0);

@@ -66,13 +66,14 @@ def test_plot_cli(tmp_path, capsys):
 
 
 def test_checkpoint_run_is_loaded_with_its_weights_and_vocab(tmp_path, capsys):
-    torch = pytest.importorskip("torch")
-    ckpt = pytest.importorskip("selfattn.training.checkpoint", reason="training package not installed")
-    tasks = pytest.importorskip("selfattn.data.tasks")
+    import torch
+
+    from selfattn.data.vocab import Vocab
+    from selfattn.training import checkpoint as ckpt
     from selfattn import build_model, preset
     from selfattn.inspect.source import from_checkpoint
 
-    vocab = tasks.Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "a", "b", "c"])
+    vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "a", "b", "c"])
     cfg = preset("tiny", vocab_size=len(vocab))
     torch.manual_seed(7)
     model = build_model(cfg)

@@ -3,7 +3,7 @@
 import pytest
 
 from selfattn.data.subword import Subword, SubwordConfig, train_subword
-from selfattn.data.tasks import SPECIALS
+from selfattn.data.vocab import SPECIALS
 
 TEXT = [
     "Ein Mann fährt mit dem Fahrrad durch die Stadt.", "A man rides a bike through the city.",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from selfattn.data.augment import AugmentConfig
-from selfattn.data.tasks import IGNORE, task_from_spec
+from selfattn.task import IGNORE, task_from_spec
 from selfattn.translation.task import TranslateConfig, TranslationTask
 
 DE = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", "Eine Frau liest ein Buch.",

@@ -20,7 +20,7 @@ def run(args) -> int:
     from ..training.trainer import read_run_config
 
     if read_run_config(args.checkpoint).get("task", {}).get("name") == "translate":
-        from ..translation.cli_args import evaluate_run
+        from ._translation import evaluate_run
 
         return evaluate_run(args)  # BLEU / chrF with sacreBLEU signatures
     if args.split != "val":
@@ -40,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("--average-last", type=int, default=0, metavar="K", help="average the last K checkpoints")
     p.add_argument("--split", default="val", choices=("val", "test"), help="which split (default val)")
     p.add_argument("--batch-size", type=int, default=256)
-    from ..translation.cli_args import add_evaluate_arguments
+    from ._translation import add_evaluate_arguments
 
     add_evaluate_arguments(p)
     p.set_defaults(func=run)

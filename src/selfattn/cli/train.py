@@ -25,7 +25,7 @@ def _task(args):
     from ..data import CharLMTask, SyntheticTask
 
     if args.task == "translate":  # parallel corpus in --data DIR (selfattn.translation)
-        from ..translation.cli_args import task_from_args
+        from ._translation import task_from_args
 
         return task_from_args(args)
     if (args.task is None) == (args.data is None):
@@ -110,7 +110,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for init, dropout and data (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ... (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    from ..translation.cli_args import add_train_arguments
+    from ._translation import add_train_arguments
 
     add_train_arguments(p)
     p.set_defaults(func=run)

@@ -20,7 +20,8 @@ from typing import Iterable
 
 import sentencepiece as spm
 
-from .tasks import SPECIALS, Vocab
+from ..io import atomic_write_bytes
+from .vocab import SPECIALS, Vocab
 
 MODEL_TYPES = ("unigram", "bpe")
 
@@ -114,8 +115,6 @@ class Subword:
 
     def save(self, path) -> None:
         """Write the ``.model`` file atomically (usable by any SentencePiece tool)."""
-        from ..training.checkpoint import atomic_write_bytes
-
         atomic_write_bytes(path, self.proto)
 
 

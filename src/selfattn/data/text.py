@@ -3,7 +3,7 @@
 Legend: b batch, t context length (block size).
 The first ``train_fraction`` of the characters is the training split, the rest validation. Training
 batches are random windows drawn from a generator seeded by (seed, step): a pure function of the step,
-so resuming and DDP sharding are exact (see :mod:`selfattn.data.tasks` for the task interface).
+so resuming and DDP sharding are exact (see :mod:`selfattn.task` for the task interface).
 Validation covers the whole split in non-overlapping windows.
 """
 
@@ -14,7 +14,8 @@ from typing import Iterator
 
 import torch
 
-from .tasks import Batch, Vocab, _generator
+from ..task import Batch, register_task
+from .vocab import Vocab, split_generator
 
 
 def read_text(path: str | Path) -> str:
@@ -52,7 +53,7 @@ class CharLMTask:
 
     def batch(self, split: str, index: int, size: int) -> Batch:
         d = self.data["train" if split == "train" else "val"]
-        g = _generator(self.seed, split, index)
+        g = split_generator(self.seed, split, index)
         starts = torch.randint(0, len(d) - self.block_size, (size,), generator=g)  # (b,)
         offsets = starts[:, None] + torch.arange(self.block_size)  # (b, t)
         return Batch(None, d[offsets], d[offsets + 1])
@@ -73,3 +74,8 @@ class CharLMTask:
         # learned positions beyond the training context would be untrained: generation crops the context to
         # the last max_len tokens instead (as nanoGPT does)
         return {"kind": "decoder", "vocab_size": len(self.vocab), "pad_id": None, "max_len": self.block_size}
+
+
+register_task("char", lambda spec: CharLMTask(**spec))
+
+__all__ = ["CharLMTask", "read_text"]

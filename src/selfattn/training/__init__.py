@@ -14,7 +14,8 @@ from .distributed import setup_distributed
 from .evaluate import evaluate
 from .loss import smoothed_cross_entropy
 from .optim import build_optimizer, cosine_lr, lr_at, noam_lr
-from .trainer import Trainer, TrainResult, forward_logits, read_run_config
+from .forward import autocast, forward_logits
+from .trainer import Trainer, TrainResult, read_run_config
 
 __all__ = [
     "TrainConfig", "TrainResult", "Trainer", "apply_overrides", "average_checkpoints", "build_optimizer",

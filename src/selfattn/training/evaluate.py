@@ -8,16 +8,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..generation import greedy
+from ..task import Batch, Task
+from .forward import autocast, forward_logits
 from .loss import smoothed_cross_entropy, token_accuracy
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task, split: str = "val", *, batch_size: int = 256, amp: str = "none",
+def evaluate(model: nn.Module, task: Task, split: str = "val", *, batch_size: int = 256, amp: str = "none",
              device: torch.device | str = "cpu", exact_match: bool = True) -> dict:
     """{"loss": mean token cross entropy (no smoothing), "accuracy": token accuracy,
     "exact_match": fraction of sources whose greedy output equals the target (seq2seq only)}."""
-    from .trainer import autocast, forward_logits
-
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -42,10 +43,7 @@ def evaluate(model: nn.Module, task, split: str = "val", *, batch_size: int = 25
     return out
 
 
-def _exact_match(model, task, batch, amp, device) -> tuple[int, int]:
-    from ..generation import greedy
-    from .trainer import autocast
-
+def _exact_match(model: nn.Module, task: Task, batch: Batch, amp: str, device: torch.device) -> tuple[int, int]:
     vocab = task.vocab
     max_new = batch.tgt_out.shape[1] + 2
     with autocast(device, amp):
@@ -59,4 +57,4 @@ def _exact_match(model, task, batch, amp, device) -> tuple[int, int]:
     return hits, len(out)
 
 
-__all__ = ["evaluate", "torch"]
+__all__ = ["evaluate"]

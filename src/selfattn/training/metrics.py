@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from .checkpoint import atomic_write_bytes
+from ..io import atomic_write_bytes
 
 
 class MetricsLog:

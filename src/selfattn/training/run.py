@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.tasks import Vocab
+from ..data.vocab import Vocab
 from ..models import ModelConfig, build_model
 from .checkpoint import average_checkpoints, list_checkpoints, load_state_into, load_weights
 from .trainer import read_run_config

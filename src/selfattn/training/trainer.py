@@ -2,7 +2,7 @@
 
 Legend: b batch, n target length, V vocabulary.
 
-Usage (any task with the interface of :mod:`selfattn.data.tasks`)::
+Usage (any :class:`selfattn.task.Task`)::
 
     task = SyntheticTask("reverse")
     model = build_model(preset("tiny", **task.model_overrides()))
@@ -14,8 +14,8 @@ rank takes rows ``rank::world`` of it. The loss is the token-sum divided by the 
 of the whole step (all ranks, all micro-batches), times ``world`` because DDP averages gradients: the
 gradient then equals one process training on the same global batch.
 Checkpoints (rank 0 only) hold everything needed to continue bit-exactly (see ``checkpoint``).
-Evaluation: ``task.evaluate(model, split) -> dict`` when the task defines it (e.g. BLEU; it must include
-"loss", which early stopping watches), else :func:`evaluate`.
+Evaluation: ``task.evaluate(model, split) -> dict`` when the task is an :class:`~selfattn.task.EvaluatingTask`
+(e.g. BLEU; it must include "loss", which early stopping watches), else :func:`evaluate`.
 """
 
 from __future__ import annotations
@@ -31,26 +31,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data.tasks import Batch
+from ..task import Batch, EvaluatingTask, Task
+from ..io import atomic_write_json
 from . import checkpoint as ckpt_io
 from .config import TrainConfig
 from .evaluate import evaluate
+from .forward import autocast, forward_logits
 from .loss import smoothed_cross_entropy
 from .metrics import MetricsLog, plot_losses
 from .optim import build_optimizer, lr_at
-
-
-def forward_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Teacher-forced logits (b, n, V) for a seq2seq or LM batch."""
-    if batch.src is None:
-        return model(batch.tgt_in)
-    return model(batch.src, batch.tgt_in)
-
-
-def autocast(device: torch.device, amp: str):
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def world() -> tuple[int, int]:
@@ -71,8 +60,11 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, task, cfg: TrainConfig, run_dir: str | Path | None = None, *,
+    def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path | None = None, *,
                  device: str | torch.device = "cpu", extra_config: dict | None = None):
+        if not isinstance(task, Task):
+            raise ValueError(f"the task must implement selfattn.task.Task (name, kind, vocab, batch, eval_batches, "
+                             f"spec, model_overrides), got {type(task).__name__}")
         self.task, self.cfg = task, cfg
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -100,9 +92,8 @@ class Trainer:
         d = {"format": ckpt_io.FORMAT, "train": self.cfg.to_dict(), **self.extra_config}
         if self.model_cfg is not None:
             d["model"] = self.model_cfg.to_dict()
-        if hasattr(self.task, "spec"):
-            d["task"] = self.task.spec()
-            d["vocab"] = self.task.vocab.to_dict()
+        d["task"] = self.task.spec()
+        d["vocab"] = self.task.vocab.to_dict()
         return d
 
     def save(self) -> Path | None:
@@ -163,7 +154,7 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, split: str = "val") -> dict:
-        if hasattr(self.task, "evaluate"):
+        if isinstance(self.task, EvaluatingTask):
             return self.task.evaluate(self.model, split)
         return evaluate(self.model, self.task, split, batch_size=self.cfg.eval_batch_size, amp=self.cfg.amp,
                         device=self.device)
@@ -187,7 +178,7 @@ class Trainer:
             self.resume()
         if self.run_dir is not None and self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt_io.atomic_write_json(self.run_dir / "config.json", self.config_dict())
+            atomic_write_json(self.run_dir / "config.json", self.config_dict())
         result = TrainResult(step=self.step, run_dir=self.run_dir)
         end = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
         bar = self._progress(end)

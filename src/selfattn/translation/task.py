@@ -27,7 +27,11 @@ from ..data.augment import AugmentConfig, augment_pair
 from ..data.batching import token_batches
 from ..data.parallel import ReadConfig, read_parallel, split_files
 from ..data.subword import Subword, SubwordConfig, train_subword
-from ..data.tasks import Batch, seq2seq_batch
+from ..data.tasks import seq2seq_batch
+from ..task import Batch, register_task
+from ..training.evaluate import evaluate as loss_eval
+from .metrics import corpus_scores
+from .translate import DecodeConfig, translate
 
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "dev"), "test": ("test", "test2016")}
 
@@ -56,7 +60,7 @@ class TranslateConfig:
             raise ValueError(f"need max_len >= 1 and bleu_eval_size >= 0, got {self.max_len}, {self.bleu_eval_size}")
 
 
-def _find_split(directory: str, split: str, src: str, tgt: str) -> tuple[Path, Path]:
+def find_split(directory: str, split: str, src: str, tgt: str) -> tuple[Path, Path]:
     err: Exception | None = None
     for name in SPLIT_NAMES[split]:
         try:
@@ -74,7 +78,7 @@ class TranslationTask:
         self.cfg = cfg
         self.log = print if verbose else (lambda *a, **k: None)
         read = ReadConfig(empty=cfg.empty)
-        train = read_parallel(*_find_split(cfg.data, "train", cfg.src, cfg.tgt), read)
+        train = read_parallel(*find_split(cfg.data, "train", cfg.src, cfg.tgt), read)
         self.log(f"train: {train.report()}")
         if subword is None:
             sub_cfg = SubwordConfig(vocab_size=cfg.vocab_size, model_type=cfg.subword_type, seed=cfg.seed)
@@ -133,7 +137,7 @@ class TranslationTask:
         if split not in ("val", "test"):
             raise ValueError(f"evaluation split must be 'val' or 'test', got {split!r}")
         if split not in self._eval:
-            corpus = read_parallel(*_find_split(self.cfg.data, split, self.cfg.src, self.cfg.tgt),
+            corpus = read_parallel(*find_split(self.cfg.data, split, self.cfg.src, self.cfg.tgt),
                                    ReadConfig(empty="skip"))
             ids = list(zip(self.subword.encode_batch(corpus.src), self.subword.encode_batch(corpus.tgt)))
             ids = [(s or [self.subword.unk_id], t) for s, t in ids]
@@ -147,10 +151,6 @@ class TranslationTask:
 
     def evaluate(self, model, split: str = "val", *, num_sentences: int | None = None) -> dict:
         """Loss and token accuracy on all of ``split``, plus greedy BLEU/chrF on its first sentences."""
-        from ..training.evaluate import evaluate as loss_eval
-        from .metrics import corpus_scores
-        from .translate import DecodeConfig, translate
-
         out = loss_eval(model, self, split, batch_size=128, exact_match=False)
         n = self.cfg.bleu_eval_size if num_sentences is None else num_sentences
         if n:
@@ -177,5 +177,7 @@ class TranslationTask:
         return {"kind": "encoder-decoder", "vocab_size": len(self.subword), "pad_id": self.subword.pad_id,
                 "share_embeddings": True, "max_len": max(512, 2 * self.cfg.max_len + 16)}
 
+
+register_task("translate", TranslationTask.from_spec)
 
 __all__ = ["TranslateConfig", "TranslationTask"]

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from ..data.subword import Subword
+from ..generation import beam_search, greedy
+from ..training.run import load_run
 
 
 @dataclass
@@ -42,7 +44,6 @@ class DecodeConfig:
 def translate_ids(model: nn.Module, sources: list[list[int]], sp: Subword,
                   cfg: DecodeConfig) -> list[list[tuple[list[int], float]]]:
     """For each source id list, ``cfg.nbest`` (output ids without eos, score) pairs, best first."""
-    from ..generation import beam_search, greedy
 
     was_training = model.training
     model.eval()
@@ -91,8 +92,6 @@ def load_translation_run(run_dir: str | Path, *, step: int | None = None, averag
     """(model in eval mode, subword model, config) of a ``selfattn train --task translate`` run directory.
 
     ``average_last=k`` averages the weights of the last k checkpoints (Vaswani et al. 2017 §6.1)."""
-    from ..training.run import load_run
-
     model, _, config = load_run(run_dir, step=step, average_last=average_last, device=device)
     task = config.get("task", {})
     if task.get("name") != "translate" or "subword" not in task:

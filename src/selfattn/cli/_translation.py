@@ -1,7 +1,7 @@
 """The translation options of ``selfattn train --task translate`` and ``selfattn evaluate`` on a translation run.
 
-``selfattn train`` and ``selfattn evaluate`` (in :mod:`selfattn.cli`) call these hooks, so the translation
-options live next to the translation code.
+A private helper of :mod:`selfattn.cli.train` and :mod:`selfattn.cli.evaluate` (argparse and printing stay in
+``cli/``; the translation package itself knows nothing of the command line).
 """
 
 from __future__ import annotations
@@ -10,6 +10,13 @@ import argparse
 import json
 import sys
 import time
+
+from ..data.augment import AugmentConfig
+from ..data.parallel import ReadConfig, multi30k, read_parallel
+from ..io import atomic_write_bytes
+from ..translation.metrics import corpus_scores
+from ..translation.task import TranslateConfig, TranslationTask, find_split
+from ..translation.translate import DecodeConfig, load_translation_run, translate
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,10 +42,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def task_from_args(args):
     """The :class:`TranslationTask` described by ``selfattn train`` arguments (trains the subword model)."""
-    from ..data.augment import AugmentConfig
-    from ..data.parallel import multi30k
-    from .task import TranslateConfig, TranslationTask
-
     data = args.data
     if data is None:
         print("no --data: using Multi30k task 1 (downloaded once into ~/.cache/selfattn/multi30k)")
@@ -65,16 +68,10 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def evaluate_run(args) -> int:
     """``selfattn evaluate --checkpoint RUN`` for a translation run: BLEU, lowercased BLEU, chrF, signatures."""
-    from ..data.parallel import ReadConfig, read_parallel
-    from ..training.checkpoint import atomic_write_bytes
-    from .metrics import corpus_scores
-    from .task import TranslateConfig, _find_split
-    from .translate import DecodeConfig, load_translation_run, translate
-
     model, sp, config = load_translation_run(args.checkpoint, step=args.step, average_last=args.average_last)
     spec = {k: v for k, v in config["task"].items() if k not in ("name", "subword")}
     cfg = TranslateConfig(**spec)
-    corpus = read_parallel(*_find_split(cfg.data, args.split, cfg.src, cfg.tgt), ReadConfig(empty="skip"))
+    corpus = read_parallel(*find_split(cfg.data, args.split, cfg.src, cfg.tgt), ReadConfig(empty="skip"))
     srcs, refs = corpus.src, corpus.tgt
     if args.num_sentences:
         srcs, refs = srcs[: args.num_sentences], refs[: args.num_sentences]

@@ -15,8 +15,8 @@ Modes: ``fwd`` (forward only, no grad) and ``fwdbwd`` (forward + backward of sum
 GFLOP/s counts matmul FLOPs of the allowed (query, key) pairs: 4·D per pair forward,
 2.5x that for the backward (FlashAttention's convention).
 
-Writes ``benchmarks/results/attention-<tag>.json`` (atomically), a PNG plot and a markdown table
-naming the machine. Example (a few minutes on a 2-core CPU)::
+Writes the one current result ``benchmarks/results/attention.{json,md,png}`` (atomically; ``--tag T`` writes a
+scratch ``attention-T.*`` instead), the machine — CPU flags, cores, torch — inside. Example (a few minutes on a 2-core CPU)::
 
     python benchmarks/attention.py --n 512 1024 2048 4096 --dtypes float32 bfloat16 --repeats 3
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -35,7 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import RESULTS, machine, machine_line  # noqa: E402  (benchmarks/_machine.py)
+
+from selfattn.io import atomic_write_text  # noqa: E402
 CASES = ("none", "causal", "window", "padding")
 CPU_IMPLS = ("naive", "sdpa", "math", "torch", "flash", "cpu_bf16", "cpu_f32", "auto")
 ONLY_DTYPE = {"cpu_bf16": "bfloat16", "cpu_f32": "float32"}  # backends that serve one dtype
@@ -168,28 +170,6 @@ def flops(n, case, window, mode):
     return f * (3.5 if mode == "fwdbwd" else 1.0)
 
 
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-    cap = torch.backends.cpu.get_cpu_capability()
-    try:
-        if "avx512_bf16" in Path("/proc/cpuinfo").read_text():
-            cap += ", AVX-512 BF16"
-    except OSError:
-        pass
-    desc = f"{name}, {os.cpu_count()} cores ({cap}), torch {torch.__version__}"
-    if torch.cuda.is_available():
-        desc += f", {torch.cuda.get_device_name()}"
-    return desc
-
-
 def run_case(spec: dict, timeout: float) -> dict:
     cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
     try:
@@ -203,13 +183,7 @@ def run_case(spec: dict, timeout: float) -> dict:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text, mkdir=True)
 
 
 def table(rows: list[dict], title: str) -> str:
@@ -333,7 +307,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-nn-gib", type=float, default=6.0,
                     help="skip impls that form an N x N float32 tensor per head above this size")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--tag", default=None, help="results file suffix (default: device)")
+    ap.add_argument("--tag", default=None, help="scratch results attention-TAG.* (default: the one current result, attention.*)")
     ap.add_argument("--accuracy", action="store_true",
                     help="only measure sliding-window and linear attention against full attention")
     args = ap.parse_args(argv)
@@ -374,15 +348,14 @@ def main(argv=None) -> int:
                         msg = r.get("error") or f"{r['time_s'] * 1e3:9.1f} ms {r['gflops']:7.1f} GFLOP/s " \
                                                 f"{r['peak_bytes'] / 2**20:8.0f} MiB {r.get('chosen') or ''}"
                         print(f"N={n:6d} {dt:8s} {case:7s} {mode:6s} {impl:10s} {msg}", flush=True)
-    tag = args.tag or device
-    name = machine()
-    doc = {"machine": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "argv": sys.argv[1:], "rows": rows}
-    write_atomic(RESULTS / f"attention-{tag}.json", json.dumps(doc, indent=1))
-    write_atomic(RESULTS / f"attention-{tag}.md", table(rows, f"Attention, {name}, {doc['date']}") + "\n"
+    stem = f"attention-{args.tag}" if args.tag else "attention"
+    info = machine()
+    doc = {"machine": info, "argv": sys.argv[1:], "rows": rows}
+    write_atomic(RESULTS / f"{stem}.json", json.dumps(doc, indent=1))
+    write_atomic(RESULTS / f"{stem}.md", table(rows, "Attention") + "\n\n" + machine_line(info) + "\n\n"
                  + summary(rows))
-    plot(rows, RESULTS / f"attention-{tag}.png")
-    print(f"wrote {RESULTS}/attention-{tag}.{{json,md,png}}")
+    plot(rows, RESULTS / f"{stem}.png")
+    print(f"wrote {RESULTS}/{stem}.{{json,md,png}}")
     return 0
 
 

@@ -10,14 +10,15 @@ Validation loss is measured over the WHOLE validation split (non-overlapping win
     python benchmarks/train_charlm.py --recipe speedrun-adamw   # the 25 s recipe with AdamW
     python benchmarks/train_charlm.py --recipe nanogpt      # nanoGPT's recipe on selfattn's model
 
-Writes benchmarks/results/train_charlm_<recipe>.json and a .png of val loss against training seconds.
+Writes benchmarks/results/train_charlm.json (every recipe's latest run, the machine inside) and a .png of val
+loss against training seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import statistics
 import time
 from pathlib import Path
@@ -26,8 +27,11 @@ import torch
 
 import selfattn
 from selfattn.data import CharLMTask
+from selfattn.io import atomic_write_json
 from selfattn.training import Trainer, TrainConfig, evaluate
-from selfattn.training.checkpoint import atomic_write_bytes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402  (benchmarks/_machine.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -113,27 +117,30 @@ def main() -> None:
         "train": recipe["train"], "points": points, "eval_seconds": round(eval_s, 1),
         "seconds_to_1.88": first_time(1.88), "seconds_to_1.70": first_time(1.70),
         "best_val_loss": min(p["val_loss"] for p in points), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "load_average_at_end": list(__import__("os").getloadavg()),
-        "note": "2 CPU cores; load average above shows whether other jobs ran at the same time",
+        "threads": torch.get_num_threads(), "machine": machine(),
+        "note": "the load average in machine shows whether other jobs ran at the same time",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / f"train_charlm_{args.recipe}.json", (json.dumps(result, indent=1) + "\n").encode())
+    path = out / "train_charlm.json"  # the one current result: every recipe's latest run
+    doc = json.loads(path.read_text()) if path.exists() else {"recipes": {}}
+    doc["recipes"][args.recipe] = result
+    atomic_write_json(path, doc)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p["train_seconds"] for p in points], [p["val_loss"] for p in points], "o-", label=args.recipe)
+    for name, r in sorted(doc["recipes"].items()):
+        ax.plot([p["train_seconds"] for p in r["points"]], [p["val_loss"] for p in r["points"]], "o-", label=name)
     for y in (1.88, 1.70):
         ax.axhline(y, ls="--", lw=0.8, color="gray")
     ax.set_xlabel("training wall-clock (s)")
     ax.set_ylabel("val loss (nats/char, whole split)")
     ax.set_title("char LM on tinyshakespeare")
     ax.legend()
-    fig.savefig(out / f"train_charlm_{args.recipe}.png", bbox_inches="tight", dpi=100)
+    fig.savefig(out / "train_charlm.png", bbox_inches="tight", dpi=100)
     print(json.dumps({k: result[k] for k in ("seconds_to_1.88", "seconds_to_1.70", "best_val_loss")}))
 
 

@@ -90,7 +90,7 @@ def main() -> None:
     for name in names:
         rows.append(run_variant(name, base, steps, args, runs))
         print(json.dumps(rows[-1]))
-    from selfattn.training.checkpoint import atomic_write_bytes
+    from selfattn.io import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "translation_ablation.json", (json.dumps(rows, indent=1) + "\n").encode())

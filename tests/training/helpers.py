@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from selfattn.data import SyntheticTask, seq2seq_batch
+from selfattn.training import TrainConfig
 
 
 class PoolTask(SyntheticTask):
@@ -27,3 +28,10 @@ def tiny_model(task, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     cfg = selfattn.preset("tiny", **{**task.model_overrides(), "d_model": 32, "d_ff": 64, **overrides})
     return selfattn.build_model(cfg)
+
+
+# eps = 1 (not the paper's 1e-9) makes Adam's update ~ lr·g for these small gradients, so it depends on
+# the gradient's scale (a wrong DDP/accumulation normalisation shows) and is smooth in g (with 1e-9 the
+# first step is lr·sign(g), and a gradient within rounding of 0 could flip between reduction orders).
+DDP_CONFIG = TrainConfig(steps=3, batch_size=8, accum_steps=2, schedule="constant", lr=0.1, eps=1.0,
+                         label_smoothing=0.1, clip_grad_norm=1.0, eval_every=0, ckpt_every=0, progress=False)

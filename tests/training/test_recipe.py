@@ -61,6 +61,28 @@ def test_float32_newton_schulz_matches_pytorchs_and_orthogonalises():
         assert sv.min() > 0.3 and sv.max() < 1.6, sv
 
 
+def test_muon_step_equals_pytorchs_with_bf16_newton_schulz():
+    # our step is PyTorch's update rule (momentum, Nesterov, decay, lr scale, state keys); only the
+    # Newton–Schulz dtype differs on CPU, so with ns_dtype=bfloat16 it must match torch.optim.Muon exactly
+    from selfattn.training.optim import Muon
+
+    g = torch.Generator().manual_seed(0)
+    w0 = [torch.randn(*s, generator=g) for s in [(16, 48), (48, 16)]]
+    grads = [[torch.randn(*w.shape, generator=g) for w in w0] for _ in range(3)]
+    ours_p = [torch.nn.Parameter(w.clone()) for w in w0]
+    theirs_p = [torch.nn.Parameter(w.clone()) for w in w0]
+    kw = {"lr": 0.02, "weight_decay": 0.1, "adjust_lr_fn": "match_rms_adamw"}
+    ours, theirs = Muon(ours_p, ns_dtype=torch.bfloat16, **kw), torch.optim.Muon(theirs_p, **kw)
+    for step in grads:
+        for p, q, gr in zip(ours_p, theirs_p, step):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        ours.step()
+        theirs.step()
+    for p, q in zip(ours_p, theirs_p):
+        assert torch.equal(p, q)
+    assert ours.state_dict()["state"][0].keys() == theirs.state_dict()["state"][0].keys()
+
+
 def test_cosine_schedule_endpoints_and_monotone_decay():
     peak, w, total = 1e-3, 10, 110
     assert cosine_lr(0, peak, w, total, 0.1) == pytest.approx(peak / w)

@@ -9,9 +9,11 @@ norms or embeddings of dimension 1).
 ``torch.optim.Muon``) orthogonalises the momentum of every hidden ``nn.Linear`` weight by Newton–Schulz
 iterations; embeddings, the output projection, norms and biases stay with AdamW, as in the
 modded-nanoGPT speedruns. ``adjust_lr_fn="match_rms_adamw"`` scales Muon's update to AdamW's RMS, so
-one learning rate (and schedule) drives both. On CPU the Newton–Schulz iteration runs in float32
-(:class:`Muon`): PyTorch runs it in bfloat16, which CPUs without bf16 matmul units (AVX2) execute
-~20x slower than float32 — it was 30% of a small char-LM's training step on this machine.
+one learning rate (and schedule) drives both. :class:`Muon` is ``torch.optim.Muon`` (its parameter groups,
+state and state_dict) with one change, made in its own ``step`` rather than by patching PyTorch: on CPU the
+Newton–Schulz iteration runs in float32. PyTorch runs it in bfloat16, which CPUs without bf16 matmul units
+(AVX2) execute ~20x slower than float32 — it was 30% of a small char-LM's training step on such a machine.
+A test checks that with ``ns_dtype=torch.bfloat16`` the step equals PyTorch's bit for bit.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.optim._muon as _torch_muon
 from torch import nn
 
 from .config import TrainConfig
@@ -48,34 +49,68 @@ def lr_at(step: int, cfg: TrainConfig, d_model: int) -> float:
     return cfg.lr
 
 
-def newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
-                       eps: float) -> torch.Tensor:
-    """PyTorch's quintic Newton–Schulz orthogonalisation (``torch.optim._muon``; Jordan et al. 2024),
-    computed in float32 instead of bfloat16. ``grad``: (A, B) -> (A, B), singular values ~ 1."""
+def newton_schulz(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """PyTorch's quintic Newton–Schulz orthogonalisation (Jordan et al. 2024; ``torch.optim.Muon``) computed in
+    ``dtype`` (PyTorch's own: bfloat16). ``grad``: (A, B) -> (A, B), singular values ~ 1."""
     a, b, c = ns_coefficients
     tall = grad.size(0) > grad.size(1)
-    x = grad.float().T if tall else grad.float()  # (short, long): the Gram matrix is the small one
+    x = grad.to(dtype).T if tall else grad.to(dtype)  # (short, long): the Gram matrix is the small one
     x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
     for _ in range(ns_steps):
         gram = x @ x.T  # (short, short)
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return (x.T if tall else x).to(grad.dtype)
+    return x.T if tall else x
+
+
+def newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
+                       eps: float) -> torch.Tensor:
+    """:func:`newton_schulz` in float32, returned in ``grad``'s dtype."""
+    return newton_schulz(grad, ns_coefficients, ns_steps, eps, torch.float32).to(grad.dtype)
+
+
+def _muon_lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's per-matrix learning-rate scale for an (A, B) weight."""
+    a, b = shape[:2]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return math.sqrt(max(1.0, a / b))
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(a, b))
+    return 1.0
 
 
 class Muon(torch.optim.Muon):
-    """``torch.optim.Muon`` with its Newton–Schulz step in float32 for CPU parameters (see above)."""
+    """``torch.optim.Muon`` whose Newton–Schulz step runs in ``ns_dtype`` — by default float32 for CPU
+    parameters and bfloat16 (PyTorch's choice) elsewhere. Same update rule, state keys and state_dict."""
+
+    def __init__(self, params, *, ns_dtype: torch.dtype | None = None, **kwargs):
+        super().__init__(params, **kwargs)
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
-        on_cpu = all(p.device.type == "cpu" for g in self.param_groups for p in g["params"])
-        original = getattr(_torch_muon, "_zeropower_via_newtonschulz", None)
-        if not on_cpu or original is None:  # GPUs have fast bf16 matmuls: PyTorch's own path
-            return super().step(closure)
-        _torch_muon._zeropower_via_newtonschulz = newton_schulz_fp32  # looked up at call time
-        try:
-            return super().step(closure)
-        finally:
-            _torch_muon._zeropower_via_newtonschulz = original
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.ndim != 2:
+                    raise ValueError(f"Muon updates 2-D matrices only, got a gradient of shape {tuple(p.grad.shape)}")
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                dtype = self.ns_dtype or (torch.float32 if p.device.type == "cpu" else torch.bfloat16)
+                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
+                p.mul_(1 - lr * decay)
+                p.add_(update.to(p.dtype), alpha=-lr * _muon_lr_ratio(group["adjust_lr_fn"], p.shape))
+        return loss
 
 
 class ChainedOptimizer:

@@ -38,6 +38,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--switchout", type=float, default=0.0, help="P(replace a token by a random one) (default 0)")
     g.add_argument("--subword-alpha", type=float, default=0.0,
                    help="subword regularisation: unigram sampling smoothing / BPE-dropout rate (default 0 = off)")
+    g.add_argument("--subword-side", default="both", choices=("src", "tgt", "both"),
+                   help="which side --subword-alpha samples (default both)")
+    g.add_argument("--synthetic", nargs=2, metavar=("SYNTH.SRC", "MONO.TGT"), default=[],
+                   help="back-translated pairs to add (see `selfattn backtranslate`)")
+    g.add_argument("--synthetic-ratio", type=float, default=1.0,
+                   help="synthetic pairs per real pair (default 1; 0 = all)")
+    g.add_argument("--no-synthetic-tag", action="store_true", help="do not tag synthetic sources with <bt>")
 
 
 def task_from_args(args):
@@ -47,10 +54,12 @@ def task_from_args(args):
         print("no --data: using Multi30k task 1 (downloaded once into ~/.cache/selfattn/multi30k)")
         data = str(multi30k(None, args.src, args.tgt)["train"][0].parent)
     aug = AugmentConfig(word_dropout=args.word_dropout, blank=args.blank, switchout=args.switchout,
-                        subword_alpha=args.subword_alpha)
+                        subword_alpha=args.subword_alpha, subword_side=args.subword_side)
     cfg = TranslateConfig(data=str(data), src=args.src, tgt=args.tgt, vocab_size=args.vocab_size,
                           subword_type=args.subword_type, max_tokens=args.max_tokens, max_len=args.max_len,
-                          empty=args.empty_pairs, bleu_eval_size=args.bleu_eval_size, seed=args.seed, augment=aug)
+                          empty=args.empty_pairs, bleu_eval_size=args.bleu_eval_size, seed=args.seed, augment=aug,
+                          synthetic=list(args.synthetic), synthetic_ratio=args.synthetic_ratio,
+                          synthetic_tag=not args.no_synthetic_tag)
     t0 = time.perf_counter()
     task = TranslationTask(cfg, verbose=True)
     print(f"translation data ready in {time.perf_counter() - t0:.1f} s: {len(task.train_ids)} pairs in "

@@ -22,18 +22,24 @@ from dataclasses import dataclass
 import torch
 
 
+SUBWORD_SIDES = ("src", "tgt", "both")
+
+
 @dataclass
 class AugmentConfig:
     word_dropout: float = 0.0  # P(drop a source word); ~0.1 helps small data (Sennrich et al. 2016 used 0.1-0.2)
     blank: float = 0.0  # P(replace a source word by <unk>); Xie et al. 2017 used ~0.1
     switchout: float = 0.0  # P(replace a token, both sides, by a random one); Wang et al. 2018 ~0.05-0.1
     subword_alpha: float = 0.0  # subword sampling: unigram smoothing / BPE-dropout rate; 0 = off (Kudo 2018: 0.1)
+    subword_side: str = "both"  # where sampled segmentations apply: "src", "tgt" or "both" (Kudo 2018: both)
 
     def __post_init__(self) -> None:
         for name in ("word_dropout", "blank", "switchout", "subword_alpha"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
                 raise ValueError(f"augmentation rate {name} must be in [0, 1), got {v!r}")
+        if self.subword_side not in SUBWORD_SIDES:
+            raise ValueError(f"subword_side must be one of {SUBWORD_SIDES}, got {self.subword_side!r}")
 
     @property
     def active(self) -> bool:

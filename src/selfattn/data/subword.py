@@ -26,6 +26,9 @@ from .vocab import SPECIALS, Vocab
 MODEL_TYPES = ("unigram", "bpe")
 
 
+BT_TAG = "<bt>"  # marks back-translated (synthetic) sources (Caswell et al. 2019, "Tagged Back-Translation")
+
+
 @dataclass
 class SubwordConfig:
     vocab_size: int = 8000  # Multi30k-sized joint vocabulary (~9M-parameter 3+3 d256 model); the paper: 37k
@@ -33,6 +36,7 @@ class SubwordConfig:
     character_coverage: float = 1.0  # keep every character: European scripts are small
     max_sentences: int = 2_000_000  # SentencePiece samples at most this many training sentences
     seed: int = 0  # SentencePiece's sampling of training sentences (its global RNG)
+    tags: tuple[str, ...] = ()  # whole-piece tags (e.g. BT_TAG for tagged back-translation, Caswell et al. 2019)
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -89,6 +93,11 @@ class Subword:
                 out.append(i)
         return self.sp.decode(out)
 
+    def tag_id(self, tag: str) -> int | None:
+        """The id of whole-piece ``tag`` (a SubwordConfig tag), or None when the model has no such piece."""
+        i = self.sp.piece_to_id(tag)
+        return None if i == self.unk_id and tag != self.sp.id_to_piece(self.unk_id) else int(i)
+
     def pieces(self, text: str) -> list[str]:
         return self.sp.encode(text, out_type=str)
 
@@ -132,10 +141,11 @@ def train_subword(sentences: Iterable[str], cfg: SubwordConfig | None = None) ->
             model_type=cfg.model_type, character_coverage=cfg.character_coverage,
             input_sentence_size=cfg.max_sentences, shuffle_input_sentence=True, hard_vocab_limit=False,
             pad_id=0, bos_id=1, eos_id=2, unk_id=3, minloglevel=2, num_threads=2,
+            **({"user_defined_symbols": list(cfg.tags)} if cfg.tags else {}),
         )
     except RuntimeError as e:  # e.g. vocab_size larger than the data allows
         raise ValueError(f"SentencePiece training failed: {e}") from None
     return Subword(buf.getvalue(), cfg.model_type)
 
 
-__all__ = ["MODEL_TYPES", "Subword", "SubwordConfig", "train_subword"]
+__all__ = ["BT_TAG", "MODEL_TYPES", "Subword", "SubwordConfig", "train_subword"]

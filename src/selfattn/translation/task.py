@@ -17,16 +17,16 @@ sampled segmentation can be a little longer than the deterministic one the budge
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from ..data.augment import AugmentConfig, augment_pair
 from ..data.batching import token_batches
 from ..data.parallel import ReadConfig, read_parallel, split_files
-from ..data.subword import Subword, SubwordConfig, train_subword
+from ..data.subword import BT_TAG, Subword, SubwordConfig, train_subword
 from ..data.tasks import seq2seq_batch
 from ..task import Batch, register_task
 from ..training.evaluate import evaluate as loss_eval
@@ -49,6 +49,10 @@ class TranslateConfig:
     bleu_eval_size: int = 200  # val sentences greedily decoded for BLEU at each evaluation; 0 = loss only
     seed: int = 0  # batch composition/order, augmentation and subword sampling
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # back-translated pairs (Sennrich et al. 2016): [synthetic source file, real target file], or [] for none
+    synthetic: list[str] = field(default_factory=list)
+    synthetic_ratio: float = 1.0  # synthetic pairs used per real pair (Sennrich et al.: ~1:1); 0 = all of them
+    synthetic_tag: bool = True  # prepend BT_TAG to synthetic sources (Caswell et al. 2019: tagged BT)
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -58,6 +62,10 @@ class TranslateConfig:
                              "pair fits in a batch")
         if self.max_len < 1 or self.bleu_eval_size < 0:
             raise ValueError(f"need max_len >= 1 and bleu_eval_size >= 0, got {self.max_len}, {self.bleu_eval_size}")
+        self.synthetic = [str(p) for p in self.synthetic]
+        if len(self.synthetic) not in (0, 2) or self.synthetic_ratio < 0:
+            raise ValueError("synthetic must be [source file, target file] and synthetic_ratio >= 0, got "
+                             f"{self.synthetic!r}, {self.synthetic_ratio}")
 
 
 def find_split(directory: str, split: str, src: str, tgt: str) -> tuple[Path, Path]:
@@ -80,22 +88,45 @@ class TranslationTask:
         read = ReadConfig(empty=cfg.empty)
         train = read_parallel(*find_split(cfg.data, "train", cfg.src, cfg.tgt), read)
         self.log(f"train: {train.report()}")
-        if subword is None:
-            sub_cfg = SubwordConfig(vocab_size=cfg.vocab_size, model_type=cfg.subword_type, seed=cfg.seed)
+        tagged = bool(cfg.synthetic) and cfg.synthetic_tag
+        if subword is None:  # trained on the real pairs only
+            sub_cfg = SubwordConfig(vocab_size=cfg.vocab_size, model_type=cfg.subword_type, seed=cfg.seed,
+                                    tags=(BT_TAG,) if tagged else ())
             subword = train_subword(train.src + train.tgt, sub_cfg)
             self.log(f"subword: trained a joint {cfg.subword_type} model with {len(subword)} pieces")
         self.subword, self.vocab = subword, subword.vocab()
-        src_ids, tgt_ids = subword.encode_batch(train.src), subword.encode_batch(train.tgt)
-        keep = [i for i in range(len(src_ids)) if 0 < len(src_ids[i]) <= cfg.max_len
-                and 0 < len(tgt_ids[i]) <= cfg.max_len]
-        self.filtered_long = len(src_ids) - len(keep)
-        self.train_text = [(train.src[i], train.tgt[i]) for i in keep]
-        self.train_ids = [(src_ids[i], tgt_ids[i]) for i in keep]
-        self.log(f"train: kept {len(keep)} pairs, {self.filtered_long} over {cfg.max_len} pieces filtered")
+        self.tag = subword.tag_id(BT_TAG) if tagged else None
+        if tagged and self.tag is None:
+            raise ValueError(f"synthetic_tag needs a subword model with the piece {BT_TAG!r}; this one has none")
+        self.train_text, self.train_ids = self._encode(train.src, train.tgt)
+        self.filtered_long = len(train.src) - len(self.train_ids)
+        self.num_real = len(self.train_ids)
+        self.log(f"train: kept {self.num_real} pairs, {self.filtered_long} over {cfg.max_len} pieces filtered")
+        if cfg.synthetic:
+            self._add_synthetic(read_parallel(*cfg.synthetic, read))
         g = torch.Generator().manual_seed(cfg.seed)
         self.batches = token_batches([len(s) for s, _ in self.train_ids], [len(t) + 1 for _, t in self.train_ids],
                                      cfg.max_tokens, generator=g)  # +1: bos / eos on the target side
         self._eval: dict[str, tuple[list[str], list[str], list[tuple[list[int], list[int]]]]] = {}
+
+    def _encode(self, src: list[str], tgt: list[str], *, synthetic: bool = False):
+        """(text pairs, id pairs) of the pairs whose sides have 1..max_len pieces; synthetic sources get the tag."""
+        sp, n = self.subword, self.cfg.max_len
+        src_ids, tgt_ids = sp.encode_batch(src), sp.encode_batch(tgt)
+        keep = [i for i in range(len(src)) if 0 < len(src_ids[i]) <= n and 0 < len(tgt_ids[i]) <= n]
+        tag = [self.tag] if synthetic and self.tag is not None else []
+        return [(src[i], tgt[i]) for i in keep], [(tag + src_ids[i], tgt_ids[i]) for i in keep]
+
+    def _add_synthetic(self, corpus) -> None:
+        """Append ``synthetic_ratio`` back-translated pairs per real pair (a seeded choice, all when 0)."""
+        text, ids = self._encode(corpus.src, corpus.tgt, synthetic=True)
+        want = len(ids) if self.cfg.synthetic_ratio == 0 else round(self.cfg.synthetic_ratio * self.num_real)
+        g = torch.Generator().manual_seed(self.cfg.seed * 31 + 5)
+        chosen = sorted(torch.randperm(len(ids), generator=g)[: min(want, len(ids))].tolist())
+        self.train_text += [text[i] for i in chosen]
+        self.train_ids += [ids[i] for i in chosen]
+        self.log(f"synthetic: {len(chosen)} back-translated pairs added ({len(ids)} usable, "
+                 f"{'tagged ' + BT_TAG if self.tag is not None else 'untagged'})")
 
     # -- the task interface ---------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -121,15 +152,18 @@ class TranslationTask:
 
             spm.set_random_generator_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
         for i in members:
+            src, tgt = self.train_ids[i]
+            tag = src[:1] if i >= self.num_real and self.tag is not None else []  # never noised
+            src = src[len(tag):]
             if aug.subword_alpha:
                 s_text, t_text = self.train_text[i]
-                src = sp.encode(s_text, sample=True, alpha=aug.subword_alpha)[: self.cfg.max_len] or [sp.unk_id]
-                tgt = sp.encode(t_text, sample=True, alpha=aug.subword_alpha)[: self.cfg.max_len] or [sp.unk_id]
-            else:
-                src, tgt = self.train_ids[i]
+                if aug.subword_side in ("src", "both"):
+                    src = sp.encode(s_text, sample=True, alpha=aug.subword_alpha)[: self.cfg.max_len] or [sp.unk_id]
+                if aug.subword_side in ("tgt", "both"):
+                    tgt = sp.encode(t_text, sample=True, alpha=aug.subword_alpha)[: self.cfg.max_len] or [sp.unk_id]
             src, tgt = augment_pair(src, tgt, aug, word_starts=sp.word_starts(src), unk_id=sp.unk_id,
                                     vocab_low=4, vocab_high=len(sp), g=g)
-            pairs.append((src, tgt))
+            pairs.append((tag + src, tgt))
         return seq2seq_batch(pairs, self.vocab)
 
     def eval_pairs(self, split: str) -> tuple[list[str], list[str], list[tuple[list[int], list[int]]]]:
@@ -165,7 +199,7 @@ class TranslationTask:
         return {"name": self.name, **d, "subword": self.subword.to_base64()}
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "TranslationTask":
+    def from_spec(cls, spec: dict) -> TranslationTask:
         spec = dict(spec)
         spec.pop("name", None)
         b64 = spec.pop("subword", None)

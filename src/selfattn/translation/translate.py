@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.subword import Subword
-from ..generation import beam_search, greedy
+from ..data.subword import BT_TAG, Subword
+from ..generation import beam_search, greedy, sample
 from ..training.run import load_run
 
 
@@ -31,10 +31,17 @@ class DecodeConfig:
     max_len_b: int = 10
     batch_tokens: int = 2048  # source pieces per decoding batch (beam multiplies the work by k)
     max_src_len: int = 256  # longer sources are truncated (positions beyond training are unseen anyway)
+    sample: bool = False  # ancestral sampling instead of search (back-translation, Edunov et al. 2018)
+    temperature: float = 1.0  # sampling temperature
+    top_k: int = 0  # sample among the k most likely pieces (Edunov et al.'s "top10"); 0 = unrestricted
+    seed: int = 0  # the sampling generator's seed (one per call: the same inputs give the same samples)
 
     def __post_init__(self) -> None:
         if self.beam < 1 or not 1 <= self.nbest <= self.beam:
             raise ValueError(f"need beam >= 1 and 1 <= nbest <= beam, got beam={self.beam}, nbest={self.nbest}")
+        if self.sample and self.beam != 1:
+            raise ValueError(f"sampling draws one output per sentence: use beam=1 with sample=True, "
+                             f"got beam={self.beam}")
         if self.alpha < 0 or self.max_len_a < 0 or self.max_len_b < 1 or self.batch_tokens < 1:
             raise ValueError("alpha, max_len_a must be >= 0 and max_len_b, batch_tokens >= 1, got "
                              f"{self.alpha}, {self.max_len_a}, {self.max_len_b}, {self.batch_tokens}")
@@ -48,6 +55,8 @@ def translate_ids(model: nn.Module, sources: list[list[int]], sp: Subword,
     was_training = model.training
     model.eval()
     sources = [(s[: cfg.max_src_len] or [sp.unk_id]) for s in sources]
+    banned = [sp.pad_id, sp.bos_id, *(t for t in [sp.tag_id(BT_TAG)] if t is not None)]  # tags never output
+    g = torch.Generator().manual_seed(cfg.seed)
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     out: list[list[tuple[list[int], float]] | None] = [None] * len(sources)
     try:
@@ -61,8 +70,12 @@ def translate_ids(model: nn.Module, sources: list[list[int]], sp: Subword,
             idx = order[i:j]
             src = [sources[t] for t in idx]
             max_new = int(cfg.max_len_a * max(len(s) for s in src)) + cfg.max_len_b
-            kw = dict(src=src, max_new_tokens=max_new, bos_id=sp.bos_id, stop_tokens=(sp.eos_id,), pad_id=sp.pad_id)
-            if cfg.beam == 1:
+            kw = dict(src=src, max_new_tokens=max_new, bos_id=sp.bos_id, stop_tokens=(sp.eos_id,), pad_id=sp.pad_id,
+                      banned=banned)
+            if cfg.sample:
+                outs = sample(model, temperature=cfg.temperature, top_k=cfg.top_k, generator=g, **kw)
+                res = [[(_strip(ids, sp.eos_id), 0.0)] for ids in outs]
+            elif cfg.beam == 1:
                 res = [[(_strip(ids, sp.eos_id), 0.0)] for ids in greedy(model, **kw)]
             else:
                 hyps = beam_search(model, beam_size=cfg.beam, num_return=cfg.nbest, length_alpha=cfg.alpha, **kw)

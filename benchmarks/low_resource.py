@@ -1,0 +1,184 @@
+"""Good models from little data: the low-resource protocol for Multi30k de->en.
+
+Fixed random subsets of the training pairs (``--fractions``, chosen by ``--subset-seed`` and written into the
+result), the English side of the left-out pairs as monolingual text, every method trained with ``--seeds``
+model seeds, scored on test2016 and val by sacreBLEU (BLEU, BLEU-lc, chrF, with signatures), mean ± std, and a
+paired bootstrap test against the baseline (sacreBLEU's paired bootstrap resampling, 1000 samples; the three
+seeds' outputs are concatenated so each sentence is paired with the baseline's output of the same seed).
+
+Methods (each a set of `selfattn train` flags; see the README):
+  baseline      tuned per data size (--grid runs a small grid of model size / dropout first)
+  subword-src / subword-tgt / subword-both   unigram sampling alpha 0.1 on that side (Kudo 2018)
+  bpe-dropout   a BPE model with dropout 0.1 on both sides (Provilkov et al. 2020)
+  word-dropout / blank / switchout            0.1 / 0.1 / 0.05
+  bt-beam / bt-sample   back-translation of the left-out English with a reverse model (Sennrich et al. 2016;
+                sampling: Edunov et al. 2018), tagged, 1:1 with the real pairs
+Writes benchmarks/results/low_resource.{json,md,png}. Hours of CPU for the whole table: never run by the tests
+(they import `make_subset` and `paired_bootstrap` only).
+
+  python benchmarks/low_resource.py --data ../shared/data/multi30k --work /tmp/lowres --fractions 0.1 \\
+      --methods baseline bt-beam --seeds 0 1 2 --steps 1200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import RESULTS, machine, machine_line
+
+from selfattn.io import atomic_write_json, atomic_write_text
+
+METHODS = {
+    "baseline": [],
+    "subword-src": ["--subword-alpha", "0.1", "--subword-side", "src"],
+    "subword-tgt": ["--subword-alpha", "0.1", "--subword-side", "tgt"],
+    "subword-both": ["--subword-alpha", "0.1", "--subword-side", "both"],
+    "bpe-dropout": ["--subword-type", "bpe", "--subword-alpha", "0.1"],
+    "word-dropout": ["--word-dropout", "0.1"],
+    "blank": ["--blank", "0.1"],
+    "switchout": ["--switchout", "0.05"],
+    "bt-beam": ["BT", "beam"],
+    "bt-sample": ["BT", "sample"],
+}
+
+
+def make_subset(data: Path, out: Path, *, fraction: float, seed: int, src: str = "de", tgt: str = "en") -> dict:
+    """Write ``fraction`` of ``data``'s training pairs (a seeded choice) to ``out`` with the val/test splits
+    and ``mono.TGT``: the target side of the left-out pairs. Returns the record of the choice."""
+    s_lines = (data / f"train.{src}").read_text(encoding="utf-8").splitlines()
+    t_lines = (data / f"train.{tgt}").read_text(encoding="utf-8").splitlines()
+    if len(s_lines) != len(t_lines):
+        raise ValueError(f"{data}: train.{src} and train.{tgt} differ in length")
+    k = round(fraction * len(s_lines))
+    perm = torch.randperm(len(s_lines), generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen, rest = sorted(perm[:k]), sorted(perm[k:])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"train.{src}", "".join(s_lines[i] + "\n" for i in chosen))
+    atomic_write_text(out / f"train.{tgt}", "".join(t_lines[i] + "\n" for i in chosen))
+    atomic_write_text(out / f"mono.{tgt}", "".join(t_lines[i] + "\n" for i in rest))
+    for f in data.iterdir():
+        if f.name.split(".")[0] in ("val", "valid", "dev", "test", "test2016") and f.is_file():
+            shutil.copyfile(f, out / f.name)
+    return {"fraction": fraction, "seed": seed, "pairs": k, "indices": chosen, "mono_indices": rest}
+
+
+def paired_bootstrap(refs: list[str], systems: dict[str, list[str]], samples: int = 1000) -> dict:
+    """sacreBLEU's paired bootstrap resampling of every system against the first (the baseline)."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    test = PairedTest(list(systems.items()), {"BLEU": BLEU()}, [refs], test_type="bs", n_samples=samples)
+    signatures, scores = test()
+    return {name: {"bleu": r.score, "p_value": r.p_value, "signature": str(signatures["BLEU"])}
+            for name, r in zip(scores["System"], scores["BLEU"])}
+
+
+def _selfattn(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "selfattn", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    if proc.returncode:
+        raise SystemExit(f"selfattn {args[0]} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return proc.stdout
+
+
+def _train(subset: Path, run: Path, flags: list[str], args, seed: int, src="de", tgt="en") -> None:
+    if (run / "checkpoints").is_dir():
+        return  # done before: the protocol resumes where it stopped
+    _selfattn("train", "--task", "translate", "--data", str(subset), "--src", src, "--tgt", tgt,
+              "--preset", args.preset, "--steps", str(args.steps), "--seed", str(seed), "--max-tokens", "4096",
+              "--bleu-eval-size", "0", "--no-progress", "--run-dir", str(run), *flags,
+              *[x for kv in args.set for x in ("--set", kv)])
+
+
+def run_cell(subset: Path, method: str, seed: int, args) -> dict:
+    """Train one (method, seed) on a subset; beam-4 hypotheses and scores on test and val."""
+    work = subset / "runs" / f"{method}-s{seed}"
+    flags = METHODS[method]
+    if flags[:1] == ["BT"]:
+        reverse = subset / "runs" / f"reverse-s{seed}"
+        _train(subset, reverse, [], args, seed, src="en", tgt="de")
+        synth = subset / f"synth-{flags[1]}-s{seed}.de"
+        if not synth.exists():
+            _selfattn("backtranslate", "--checkpoint", str(reverse), "--input", str(subset / "mono.en"),
+                      "--output", str(synth), "--method", flags[1], "--seed", str(seed))
+        flags = ["--synthetic", str(synth), str(subset / "mono.en")]
+    _train(subset, work, flags, args, seed)
+    out = {}
+    for split in ("test", "val"):
+        hyp = work / f"{split}.hyp"
+        line = _selfattn("evaluate", "--checkpoint", str(work), "--split", split, "--beam", "4",
+                         "--hyp-out", str(hyp)).strip().splitlines()[-1]
+        out[split] = {**json.loads(line), "hyps": hyp.read_text(encoding="utf-8").splitlines()}
+    return out
+
+
+def summarise(cells: dict, refs: dict) -> dict:
+    """mean ± std over seeds per method, and the paired bootstrap p-value against the baseline."""
+    table = {}
+    for split in ("test", "val"):
+        concat = {m: [h for s in sorted(c) for h in c[s][split]["hyps"]] for m, c in cells.items()}
+        n_seeds = len(next(iter(cells.values())))
+        sig = paired_bootstrap(refs[split] * n_seeds, {"baseline": concat["baseline"],
+                                                       **{m: h for m, h in concat.items() if m != "baseline"}})
+        for m, c in cells.items():
+            row = table.setdefault(m, {})
+            for key in ("bleu", "bleu_lc", "chrf"):
+                vals = [c[s][split][key] for s in sorted(c)]
+                row[f"{split}_{key}"] = [statistics.mean(vals), statistics.pstdev(vals) if len(vals) > 1 else 0.0]
+            row[f"{split}_p_value"] = sig[m]["p_value"]
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="Multi30k directory (train/val/test2016 .de/.en)")
+    ap.add_argument("--work", type=Path, required=True, help="scratch directory for subsets, runs, outputs")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+    ap.add_argument("--subset-seed", type=int, default=1234, help="the subset choice (written into the result)")
+    ap.add_argument("--methods", nargs="+", default=["baseline", "bt-beam"], choices=sorted(METHODS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every train")
+    args = ap.parse_args(argv)
+    if "baseline" not in args.methods:
+        args.methods.insert(0, "baseline")
+    result = {"machine": machine(), "protocol": vars(args) | {"data": str(args.data), "work": str(args.work)},
+              "sizes": {}}
+    for frac in args.fractions:
+        subset = args.work / f"frac{frac:g}"
+        record = make_subset(args.data, subset, fraction=frac, seed=args.subset_seed)
+        refs = {s: (subset / f"{'test2016' if s == 'test' else s}.en").read_text().splitlines()
+                for s in ("test", "val")}
+        cells = {m: {s: run_cell(subset, m, s, args) for s in args.seeds} for m in args.methods}
+        result["sizes"][f"{frac:g}"] = {"pairs": record["pairs"], "subset_seed": args.subset_seed,
+                                        "table": summarise(cells, refs)}
+        atomic_write_json(RESULTS / "low_resource.json", result)
+    lines = ["**Low-resource Multi30k de->en** (beam 4; mean ± std over seeds; p: paired bootstrap vs baseline)",
+             "", machine_line(result["machine"]), "",
+             "| pairs | method | test BLEU-lc | test BLEU | test chrF | p (test) | val BLEU-lc |",
+             "|---|---|---|---|---|---|---|"]
+    for frac, size in result["sizes"].items():
+        for m, r in size["table"].items():
+            f = lambda k: f"{r[k][0]:.2f} ± {r[k][1]:.2f}"
+            p = "—" if m == "baseline" else f"{r['test_p_value']:.3f}"
+            lines.append(f"| {size['pairs']} ({frac}) | {m} | {f('test_bleu_lc')} | {f('test_bleu')} | "
+                         f"{f('test_chrf')} | {p} | {f('val_bleu_lc')} |")
+    atomic_write_text(RESULTS / "low_resource.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

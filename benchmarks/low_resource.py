@@ -171,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|"]
     for frac, size in result["sizes"].items():
         for m, r in size["table"].items():
-            f = lambda k: f"{r[k][0]:.2f} ± {r[k][1]:.2f}"
+            cell = {k: f"{v[0]:.2f} ± {v[1]:.2f}" for k, v in r.items() if isinstance(v, list)}
             p = "—" if m == "baseline" else f"{r['test_p_value']:.3f}"
-            lines.append(f"| {size['pairs']} ({frac}) | {m} | {f('test_bleu_lc')} | {f('test_bleu')} | "
-                         f"{f('test_chrf')} | {p} | {f('val_bleu_lc')} |")
+            lines.append(f"| {size['pairs']} ({frac}) | {m} | {cell['test_bleu_lc']} | {cell['test_bleu']} | "
+                         f"{cell['test_chrf']} | {p} | {cell['val_bleu_lc']} |")
     atomic_write_text(RESULTS / "low_resource.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

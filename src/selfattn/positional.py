@@ -38,6 +38,7 @@ class SinusoidalPositions(nn.Module):
     def __init__(self, d_model: int, max_len: int = 4096):
         super().__init__()
         self.d_model = d_model
+        self.table: Tensor
         self.register_buffer("table", sinusoidal_table(max_len, d_model), persistent=False)
 
     def forward(self, n: int, offset: int = 0) -> Tensor:
@@ -75,6 +76,7 @@ class RotaryEmbedding(nn.Module):
         if head_dim % 2:
             raise ValueError(f"rotary embeddings need an even head dim, got {head_dim}")
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        self.inv_freq: Tensor
         self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
 
     def angles(self, positions: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,7 +16,7 @@ target. Padding uses ``vocab.pad_id``; models derive masks from it (True = real 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -48,9 +48,12 @@ class Batch:
 class TaskVocab(Protocol):
     """What the trainer and generation need of a vocabulary (:class:`selfattn.data.Vocab` is one)."""
 
-    pad_id: int | None
-    bos_id: int | None
-    eos_id: int | None
+    @property
+    def pad_id(self) -> int | None: ...
+    @property
+    def bos_id(self) -> int | None: ...
+    @property
+    def eos_id(self) -> int | None: ...
 
     def __len__(self) -> int: ...
     def to_dict(self) -> dict[str, Any]: ...
@@ -69,9 +72,12 @@ class Task(Protocol):
     - ``model_overrides()``: the ModelConfig fields the task fixes (kind, vocab size, pad id, max length).
     """
 
-    name: str
-    kind: Literal["seq2seq", "lm"]
-    vocab: TaskVocab
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...  # "seq2seq" (src -> tgt) or "lm" (Batch.src is None)
+    @property
+    def vocab(self) -> TaskVocab: ...
 
     def batch(self, split: str, index: int, size: int) -> Batch: ...
     def eval_batches(self, split: str = "val", size: int = 256) -> Iterator[Batch]: ...

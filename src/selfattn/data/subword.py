@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import sentencepiece as spm
 
@@ -134,6 +134,7 @@ def train_subword(sentences: Iterable[str], cfg: SubwordConfig | None = None) ->
     if not sentences:
         raise ValueError("train_subword needs at least one non-empty training sentence")
     buf = io.BytesIO()
+    tags: dict[str, Any] = {"user_defined_symbols": list(cfg.tags)} if cfg.tags else {}
     spm.set_random_generator_seed(cfg.seed)  # sentence sampling is global-RNG driven
     try:
         spm.SentencePieceTrainer.train(
@@ -141,7 +142,7 @@ def train_subword(sentences: Iterable[str], cfg: SubwordConfig | None = None) ->
             model_type=cfg.model_type, character_coverage=cfg.character_coverage,
             input_sentence_size=cfg.max_sentences, shuffle_input_sentence=True, hard_vocab_limit=False,
             pad_id=0, bos_id=1, eos_id=2, unk_id=3, minloglevel=2, num_threads=2,
-            **({"user_defined_symbols": list(cfg.tags)} if cfg.tags else {}),
+            **tags,
         )
     except RuntimeError as e:  # e.g. vocab_size larger than the data allows
         raise ValueError(f"SentencePiece training failed: {e}") from None

@@ -16,6 +16,8 @@ from .vocab import SPECIALS, Vocab, split_generator
 
 def seq2seq_batch(pairs: list[tuple[list[int], list[int]]], vocab: Vocab) -> Batch:
     """Pad (source ids, target ids) pairs into a Batch: tgt_in = BOS + y, tgt_out = y + EOS."""
+    if vocab.pad_id is None or vocab.bos_id is None or vocab.eos_id is None:
+        raise ValueError(f"seq2seq batches need a word vocabulary with pad/bos/eos, got a {vocab.kind} vocabulary")
     b = len(pairs)
     m = max(len(s) for s, _ in pairs)
     n = max(len(t) for _, t in pairs) + 1
@@ -85,7 +87,7 @@ class SyntheticTask:
         return (torch.randint(0, self.num_symbols, (n,), generator=g) + first).tolist()
 
     def _eval_set(self, split: str, size: int) -> list[list[int]]:
-        g, seen, out = split_generator(self.seed, split, 0), set(), []
+        g, seen, out = split_generator(self.seed, split, 0), set[tuple[int, ...]](), list[list[int]]()
         for _ in range(size * 200):
             if len(out) == size:
                 break
@@ -99,7 +101,7 @@ class SyntheticTask:
     def batch(self, split: str, index: int, size: int) -> Batch:
         if split != "train":
             return seq2seq_batch([(x, self.solve(x)) for x in self._val[:size]], self.vocab)
-        g, pairs = split_generator(self.seed, split, index), []
+        g, pairs = split_generator(self.seed, split, index), list[tuple[list[int], list[int]]]()
         while len(pairs) < size:
             xs = self._sample(g)
             if not self.held_out(xs):

@@ -38,7 +38,8 @@ class Vocab:
             if bad:
                 raise ValueError(f"characters {bad[:10]} are not in the {len(self)}-character vocabulary")
             return [self.stoi[c] for c in text]
-        return [self.stoi.get(t, self.unk_id) for t in text.split()]
+        unk = self.unk_id if self.unk_id is not None else 3
+        return [self.stoi.get(t, unk) for t in text.split()]
 
     def decode(self, ids: list[int] | Tensor, *, strip: bool = True) -> str:
         ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)

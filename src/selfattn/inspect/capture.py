@@ -23,7 +23,7 @@ key gets weights 0 (never NaN), like the backends. Weights are those before drop
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -65,8 +65,8 @@ def attention_modules(model: nn.Module, kind: str) -> list[MultiHeadAttention]:
         have = [k for k in KINDS if _has_kind(model, k)]
         raise ValueError(f"{type(model).__name__} has no {kind} attention; it has {have or 'none'}")
     attr = "cross_attn" if kind == "cross" else "self_attn"
-    mods = [getattr(layer, attr, None) for layer in stack.layers]
-    if not mods or any(not isinstance(m, MultiHeadAttention) for m in mods):
+    mods = [m for layer in stack.layers if isinstance(m := getattr(layer, attr, None), MultiHeadAttention)]
+    if not mods or len(mods) != len(stack.layers):
         have = [k for k in KINDS if k != kind and _has_kind(model, k)]
         raise ValueError(f"{type(model).__name__} has no {kind} attention; it has {have or 'none'}")
     return mods
@@ -76,7 +76,7 @@ def _has_kind(model: nn.Module, kind: str) -> bool:
     stack = getattr(model, "encoder" if kind == "encoder" else "decoder", None)
     attr = "cross_attn" if kind == "cross" else "self_attn"
     layers = getattr(stack, "layers", None)
-    return bool(layers) and all(isinstance(getattr(l, attr, None), MultiHeadAttention) for l in layers)
+    return bool(layers) and all(isinstance(getattr(l, attr, None), MultiHeadAttention) for l in layers or ())
 
 
 def available_kinds(model: nn.Module) -> list[str]:
@@ -199,7 +199,7 @@ def _run(model: nn.Module, inputs: Any, kind: str) -> None:
         if hasattr(model, "encode") and hasattr(model, "decode"):  # encoder-decoder Transformer
             if kind != "encoder":
                 raise ValueError(f"{kind} attention of an encoder-decoder model needs inputs (src, tgt), got one tensor")
-            model.encode(inputs)
+            cast(Any, model).encode(inputs)
         else:
             model(inputs)
     else:

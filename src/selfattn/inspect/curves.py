@@ -39,9 +39,9 @@ def series(records: list[dict], x: str = "step") -> dict[str, list[tuple[float, 
         raise ValueError(f"x must be 'step' or 'time', got {x!r}")
     out: dict[str, list[tuple[float, float]]] = {k: [] for k in ("train loss", "val loss", "lr", "val bleu", "test bleu")}
     for r in records:
-        step = r.get(x)
-        if not _num(step):
+        if not _num(r.get(x)):
             continue
+        step = float(r[x])
         split = r.get("split", "train")
         if _num(r.get("loss")):
             out.setdefault(f"{split} loss", []).append((step, r["loss"]))

@@ -54,7 +54,7 @@ def word_ids(text: str, vocab: dict[str, int] | None = None) -> tuple[torch.Tens
 def random_model(text: str, spec: RandomModelSpec = RandomModelSpec(), target: str | None = None) -> Inspected:
     """Build a random selfattn model whose vocabulary is the words of ``text`` (and ``target``)."""
     ids, labels, vocab = word_ids(text)
-    tgt_ids, tgt_labels = None, []
+    tgt_ids, tgt_labels = None, list[str]()
     if spec.kind == "encoder-decoder":
         tgt_ids, tgt_labels, vocab = word_ids(target if target is not None else text, vocab)
     if spec.d_model % spec.num_heads:
@@ -102,7 +102,7 @@ def from_checkpoint(run: str | Path, text: str, target: str | None = None) -> In
         return torch.tensor([ids]), [vocab.tokens[i] for i in ids]
 
     ids, labels = encode(text, bos=False)
-    tgt_ids, tgt_labels = None, []
+    tgt_ids, tgt_labels = None, list[str]()
     if model.cfg.kind == "encoder-decoder":
         tgt_ids, tgt_labels = encode(target if target is not None else text, bos=True)
     return Inspected(model, ids, labels, tgt_ids, tgt_labels, origin=str(run))

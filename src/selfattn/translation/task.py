@@ -103,7 +103,7 @@ class TranslationTask:
         self.num_real = len(self.train_ids)
         self.log(f"train: kept {self.num_real} pairs, {self.filtered_long} over {cfg.max_len} pieces filtered")
         if cfg.synthetic:
-            self._add_synthetic(read_parallel(*cfg.synthetic, read))
+            self._add_synthetic(read_parallel(cfg.synthetic[0], cfg.synthetic[1], read))
         g = torch.Generator().manual_seed(cfg.seed)
         self.batches = token_batches([len(s) for s, _ in self.train_ids], [len(t) + 1 for _, t in self.train_ids],
                                      cfg.max_tokens, generator=g)  # +1: bos / eos on the target side

@@ -50,7 +50,7 @@ def _task_from_args(args, seed: int):
     if args.task == "translate":  # parallel corpus in --data DIR (selfattn.translation)
         from ._translation import task_from_args
 
-        return task_from_args(args)
+        return task_from_args(args, seed)
     if (args.task is None) == (args.data is None):
         raise CLIError("give exactly one of --task NAME or --data FILE (or --config FILE with a task)")
     if args.data is not None:
@@ -106,7 +106,7 @@ def fresh_run(args, run_dir: Path) -> Plan:
     model_cfg, train = apply_overrides(model_cfg, TrainConfig.from_dict(base), args.set)
     explicit = _set_keys(args.set) | set(file_train)
     changes: dict[str, Any] = {"progress": not args.no_progress}
-    if "warmup_steps" not in explicit:
+    if "warmup_steps" not in explicit and train.schedule != "noam":  # noam: the warm-up sets the peak lr
         changes["warmup_steps"] = max(1, min(train.warmup_steps, train.steps // WARMUP_FRACTION))
     if "schedule_steps" not in _set_keys(args.set) and (args.steps is not None or not train.schedule_steps):
         changes["schedule_steps"] = train.steps  # the horizon is recorded, so a resume cannot stretch it

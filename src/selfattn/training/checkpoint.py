@@ -96,7 +96,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module,
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
-    fault_point("save", "weights")  # tests only (SELFATTN_TEST_FAULT); a no-op otherwise
+    fault_point("save", "weights", step)  # tests only (SELFATTN_TEST_FAULT); a no-op otherwise
     meta: dict[str, Any] = {"format": FORMAT, "step": step, **(state or {})}
     if optimizer is not None:
         tensors, opt_meta = _optimizer_tensors(optimizer)
@@ -109,7 +109,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module,
     for f in tmp.iterdir():
         _fsync_file(f)
     fsync_dir(tmp)
-    fault_point("save", "rename")
+    fault_point("save", "rename", step)
     if final.exists():  # re-saving a step (e.g. after a resume): move the old one aside first
         old = root / f".{final.name}.old-{os.getpid()}"
         os.replace(final, old)
@@ -118,7 +118,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module,
     else:
         os.replace(tmp, final)
     fsync_dir(root)
-    fault_point("save", "renamed")
+    fault_point("save", "renamed", step)
     if keep_last:
         for old in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -95,13 +95,13 @@ def parse_value(text: str, current: Any) -> Any:
     try:
         if isinstance(current, int) or (current is None and text.lstrip("-").isdigit()):
             return int(text)
-        if isinstance(current, float):
-            value = float(text)
-            if not math.isfinite(value):
-                raise ValueError(f"expected a finite float, got {text!r}")
-            return value
+        value = float(text) if isinstance(current, float) else None
     except ValueError:
         raise ValueError(f"expected a {type(current).__name__}, got {text!r}") from None
+    if value is not None:
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite float, got {text!r}")
+        return value
     return text
 
 

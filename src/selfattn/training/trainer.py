@@ -260,9 +260,7 @@ class Trainer:
             window["tokens"], window["since"] = 0, now
         if bar is not None:
             bar.update(1)
-        if self._stop_agreed() is not None:
-            return True  # a requested stop skips the evaluation; fit() checkpoints this step
-        stop = False
+        stop = False  # a requested stop still runs this step's due evaluation (a resume would never redo it)
         if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == end):
             metrics = self.evaluate()
             result.evals.append({"step": self.step, **metrics})
@@ -272,7 +270,7 @@ class Trainer:
         if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end or stop:
             self._checkpoint(bar)
         result.stopped_early = stop
-        return stop
+        return stop or self._stop_agreed() is not None  # fit() checkpoints a requested stop
 
     def _checkpoint(self, bar) -> None:
         path = self.save()

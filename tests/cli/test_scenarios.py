@@ -235,6 +235,10 @@ def test_bad_data_files_fail_before_the_first_step_with_one_line(tmp_path, capsy
         err = capsys.readouterr().err
         assert message in one_line(err), err
         assert not (run / "checkpoints").exists()  # nothing trained, nothing to lose
+    (corpus / "train.en").write_text("\n")
+    assert main(["train", *mt, "--run-dir", str(tmp_path / "run-empty")]) == 2
+    assert "train.en" in (line := one_line(capsys.readouterr().err)) and "is empty" in line
+    (corpus / "train.en").write_text("\n".join(lines) + "\n")
     (corpus / "val.de").write_bytes(b"ein mann\n\xff\xfe\n")
     (corpus / "val.en").write_text("a man\na dog\n")
     assert main(["train", *mt, "--run-dir", str(tmp_path / "run-val")]) == 2

@@ -51,6 +51,9 @@ def task_from_args(args, seed: int = 0):
     cfg = TranslateConfig(data=str(data), src=args.src, tgt=args.tgt, vocab_size=args.vocab_size,
                           subword_type=args.subword_type, max_tokens=args.max_tokens, max_len=args.max_len,
                           empty=args.empty_pairs, bleu_eval_size=args.bleu_eval_size, seed=seed, augment=aug)
+    for path in find_split(cfg.data, "train", cfg.src, cfg.tgt):
+        if not path.read_bytes().strip():
+            raise ValueError(f"training file {str(path)!r} is empty (expected one sentence per line)")
     t0 = time.perf_counter()
     task = TranslationTask(cfg, verbose=True)
     print(f"translation data ready in {time.perf_counter() - t0:.1f} s: {len(task.train_ids)} pairs in "

@@ -1,4 +1,4 @@
-"""Atomic file writes: the one leaf module every layer may use (it imports nothing of selfattn).
+"""Atomic file writes and a directory lock: the one leaf module every layer may use (it imports nothing of selfattn).
 
 A reader never sees a half-written file: data goes to a temporary file beside the target, is fsynced, then
 ``os.replace``d over the target (atomic on POSIX and Windows), and the directory entry is fsynced too, so a crash
@@ -61,4 +61,72 @@ def atomic_write_json(path: str | Path, obj: Any, *, mkdir: bool = False) -> Pat
     return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n", mkdir=mkdir)
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir"]
+
+
+class DirectoryLocked(RuntimeError):
+    """Another live process holds the lock of a directory (the message names its pid)."""
+
+
+class DirLock:
+    """An exclusive lock on a directory: ``DIR/.lock`` held with ``fcntl.flock``, holding the holder's pid.
+
+    The kernel releases a flock when its process dies, so a lock file left by a killed process is *stale*:
+    the next :meth:`acquire` takes it over (and reports it in :attr:`stale_pid`). A lock held by a live
+    process raises :class:`DirectoryLocked` naming that pid. Use as a context manager or acquire/release."""
+
+    NAME = ".lock"
+
+    def __init__(self, directory: str | Path):
+        self.path = Path(directory) / self.NAME
+        self.fd: int | None = None
+        self.stale_pid: int | None = None  # pid written in a lock file whose holder was gone
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def acquire(self) -> "DirLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                pid = self._holder()
+                raise DirectoryLocked(f"{str(self.path.parent)!r} is in use by another process "
+                                      f"(pid {pid if pid is not None else 'unknown'}, lock file {self.path.name})")
+            try:  # the holder may have unlinked the file between our open and flock: lock the current one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        old = self._holder()
+        self.stale_pid = old if old is not None and old != os.getpid() else None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # unlink while still holding it: a waiting opener re-checks the inode
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "DirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+__all__ = ["DirLock", "DirectoryLocked", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir"]

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -105,25 +104,22 @@ def test_loading_a_mismatched_or_missing_checkpoint_is_a_clear_error(tmp_path):
         read_state(tmp_path / "nothing")
 
 
-def test_sigkill_mid_run_leaves_a_loadable_resumable_checkpoint(tmp_path):
+def test_sigkill_during_a_save_leaves_a_loadable_resumable_checkpoint(tmp_path):
+    """SIGKILL inside the save of step 3, just before its rename — forced at that exact point by the
+    SELFATTN_TEST_FAULT hook, not by a sleep that may land anywhere."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "selfattn", "train", "--task", "copy", "--steps", "100000", "--run-dir", str(run),
+    cmd = [sys.executable, "-m", "selfattn", "train", "--task", "copy", "--steps", "6", "--run-dir", str(run),
            "--no-progress", "--lengths", "1-5", "--set", "ckpt_every=1", "--set", "eval_every=0",
            "--set", "d_model=32", "--set", "d_ff=64", "--set", "batch_size=16", "--set", "keep_last=2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})  # noqa: E501
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline and len(list_checkpoints(run / "checkpoints")) < 3:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.05)
-        time.sleep(0.137)  # land somewhere inside a later step or checkpoint write
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    ckpt = latest_checkpoint(run / "checkpoints")
-    assert ckpt is not None
-    step = read_state(ckpt)["step"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SELFATTN_TEST_FAULT": "SIGKILL:save=rename@3"}
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    root = run / "checkpoints"
+    assert any(p.name.startswith(".step_00000003.tmp-") for p in root.iterdir())  # it died inside that save
+    ckpt = latest_checkpoint(root)
+    assert ckpt is not None and read_state(ckpt)["step"] == 2
     model = tiny_model(SyntheticTask("copy", max_len=5))
     load_checkpoint(ckpt, model, restore_rng=False)  # complete and consistent
-    assert main(["train", "--run-dir", str(run), "--resume", "--steps", str(step + 2), "--no-progress"]) == 0
-    assert read_state(latest_checkpoint(run / "checkpoints"))["step"] == step + 2
+    assert main(["train", "--run-dir", str(run), "--resume", "--steps", "4", "--no-progress"]) == 0
+    assert read_state(latest_checkpoint(root))["step"] == 4
+    assert not any(p.name.startswith(".") for p in root.iterdir())  # the torn save was cleaned up

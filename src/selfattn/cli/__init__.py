@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="selfattn",
         description="Self-attention and the Transformer: inspect the mechanism, train, generate, translate.",
     )
+    import selfattn  # the package root (the composition root) holds the version
+
+    parser.add_argument("--version", action="version", version=f"selfattn {selfattn.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         if info.name.startswith("_"):

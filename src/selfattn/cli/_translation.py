@@ -47,7 +47,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-synthetic-tag", action="store_true", help="do not tag synthetic sources with <bt>")
 
 
-def task_from_args(args):
+def task_from_args(args, seed: int = 0):
     """The :class:`TranslationTask` described by ``selfattn train`` arguments (trains the subword model)."""
     data = args.data
     if data is None:
@@ -57,9 +57,12 @@ def task_from_args(args):
                         subword_alpha=args.subword_alpha, subword_side=args.subword_side)
     cfg = TranslateConfig(data=str(data), src=args.src, tgt=args.tgt, vocab_size=args.vocab_size,
                           subword_type=args.subword_type, max_tokens=args.max_tokens, max_len=args.max_len,
-                          empty=args.empty_pairs, bleu_eval_size=args.bleu_eval_size, seed=args.seed, augment=aug,
+                          empty=args.empty_pairs, bleu_eval_size=args.bleu_eval_size, seed=seed, augment=aug,
                           synthetic=list(args.synthetic), synthetic_ratio=args.synthetic_ratio,
                           synthetic_tag=not args.no_synthetic_tag)
+    for path in find_split(cfg.data, "train", cfg.src, cfg.tgt):
+        if not path.read_bytes().strip():
+            raise ValueError(f"training file {str(path)!r} is empty (expected one sentence per line)")
     t0 = time.perf_counter()
     task = TranslationTask(cfg, verbose=True)
     print(f"translation data ready in {time.perf_counter() - t0:.1f} s: {len(task.train_ids)} pairs in "
@@ -77,7 +80,10 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def evaluate_run(args) -> int:
     """``selfattn evaluate --checkpoint RUN`` for a translation run: BLEU, lowercased BLEU, chrF, signatures."""
-    model, sp, config = load_translation_run(args.checkpoint, step=args.step, average_last=args.average_last)
+    from ._device import resolve_device
+
+    model, sp, config = load_translation_run(args.checkpoint, step=args.step, average_last=args.average_last,
+                                             device=resolve_device(args.device))
     spec = {k: v for k, v in config["task"].items() if k not in ("name", "subword")}
     cfg = TranslateConfig(**spec)
     corpus = read_parallel(*find_split(cfg.data, args.split, cfg.src, cfg.tgt), ReadConfig(empty="skip"))

@@ -31,15 +31,11 @@ def _read_texts(args) -> list[str]:
         raise CLIError("give sentences as TEXT arguments or with --input, not both")
     if args.text:
         return list(args.text)
-    if args.input and args.input != "-":
-        p = Path(args.input)
-        if not p.is_file():
-            raise CLIError(f"--input {args.input!r} is not a file")
-        lines = p.read_text(encoding="utf-8").splitlines()
-    else:
-        if sys.stdin.isatty():
-            raise CLIError("no sentences: give TEXT arguments, --input FILE, or pipe lines into stdin")
-        lines = sys.stdin.read().splitlines()
+    from ._inputs import read_lines
+
+    if not (args.input and args.input != "-") and sys.stdin.isatty():
+        raise CLIError("no sentences: give TEXT arguments, --input FILE, or pipe lines into stdin")
+    lines = read_lines(args.input)
     texts = [t for t in lines if t.strip()] if args.skip_empty else lines
     if not texts:
         raise CLIError("no sentences to embed (the input is empty)")
@@ -61,6 +57,21 @@ def _write_atomic(path: Path, write) -> None:
         raise
 
 
+def _warn_long(pre, texts: list[str]) -> None:
+    """Warn when sentences exceed the checkpoint's max_seq_length (the tokenizer cuts them to it)."""
+    from ._inputs import warn
+
+    limit = pre.sentence.max_seq_length if pre.sentence is not None else None
+    if limit is None or pre.tokenizer is None:
+        return
+    pre.tokenizer.no_truncation()
+    lengths = [len(e.ids) for e in pre.tokenizer.encode_batch(texts)]
+    long = [i for i, n in enumerate(lengths) if n > limit]
+    if long:
+        warn("embed", f"{len(long)} sentence(s) longer than the model's limit of {limit} tokens were cut to it "
+                      f"(e.g. sentence {long[0] + 1}: {lengths[long[0]]} tokens)")
+
+
 def run(args) -> int:
     import numpy as np
     import torch
@@ -77,9 +88,12 @@ def run(args) -> int:
         raise CLIError(f"--output must end in .npy or .jsonl, got {args.output!r}")
     texts = _read_texts(args)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    pre = load_pretrained(model_dir, dtype=dtype, backend=args.backend)
+    from ._device import resolve_device
+
+    pre = load_pretrained(model_dir, dtype=dtype, backend=args.backend, device=resolve_device(args.device))
     if pre.config.kind != "encoder":
         raise CLIError(f"{model_dir} is a {pre.config.kind!r} checkpoint; embed needs an encoder (BERT-family)")
+    _warn_long(pre, texts)
     normalize = False if args.no_normalize else None
     vecs = pre.embed(texts, batch_size=args.batch_size, normalize=normalize).numpy().astype(np.float32)
     if out is not None and out.suffix == ".npy":
@@ -106,6 +120,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default 32)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="weights/activations dtype; bfloat16 is faster on CPUs with AVX-512 BF16 (default float32)")
+    from ._device import add_device_argument
+
+    add_device_argument(p)
     p.add_argument("--backend", default="auto", help="attention backend: auto or a name in selfattn.BACKENDS")
     p.add_argument("--no-normalize", action="store_true", help="skip the checkpoint's unit-length normalisation")
     p.add_argument("--skip-empty", action="store_true", help="drop blank input lines instead of embedding them")

@@ -25,9 +25,12 @@ def run(args) -> int:
         return evaluate_run(args)  # BLEU / chrF with sacreBLEU signatures
     if args.split != "val":
         raise ValueError(f"--split {args.split} exists only for translation runs; this run has 'val'")
-    model, _, config = load_run(args.checkpoint, step=args.step, average_last=args.average_last)
+    from ._device import resolve_device
+
+    device = resolve_device(args.device)
+    model, _, config = load_run(args.checkpoint, step=args.step, average_last=args.average_last, device=device)
     task = task_from_spec(config["task"])
-    metrics = evaluate(model, task, args.split, batch_size=args.batch_size)
+    metrics = evaluate(model, task, args.split, batch_size=args.batch_size, device=device)
     print(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, **metrics}))
     return 0
 
@@ -40,6 +43,9 @@ def register(sub) -> None:
     p.add_argument("--average-last", type=int, default=0, metavar="K", help="average the last K checkpoints")
     p.add_argument("--split", default="val", choices=("val", "test"), help="which split (default val)")
     p.add_argument("--batch-size", type=int, default=256)
+    from ._device import add_device_argument
+
+    add_device_argument(p)
     from ._translation import add_evaluate_arguments
 
     add_evaluate_arguments(p)

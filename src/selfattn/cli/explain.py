@@ -25,20 +25,45 @@ def add_model_arguments(p: argparse.ArgumentParser, default_kind: str) -> None:
                    choices=["sinusoidal", "learned", "rope", "alibi", "t5", "none"],
                    help="random model positions (default sinusoidal, the paper's)")
     g.add_argument("--seed", type=int, default=0, help="random model seed (default 0)")
+    from ._device import add_device_argument
+
+    add_device_argument(g)
 
 
 def load_model(args):
-    """The model and tokens the options describe (see :mod:`selfattn.inspect.source`)."""
+    """The model and tokens the options describe (see :mod:`selfattn.inspect.source`), on ``--device``;
+    a trained run tokenizes with its own vocabulary (a translation run: its SentencePiece model)."""
     from ..inspect.source import RandomModelSpec, from_checkpoint, random_model
+    from ._device import resolve_device
 
+    device = resolve_device(args.device)
     if args.checkpoint:
-        return from_checkpoint(args.checkpoint, args.text, args.target)
-    for name in ("d_model", "heads", "layers"):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be a positive int, got {getattr(args, name)}")
-    spec = RandomModelSpec(kind=args.model, d_model=args.d_model, num_heads=args.heads,
-                           num_layers=args.layers, positional=args.positional, seed=args.seed)
-    return random_model(args.text, spec, args.target)
+        ins = from_checkpoint(args.checkpoint, args.text, args.target)
+    else:
+        for name in ("d_model", "heads", "layers"):
+            if getattr(args, name) < 1:
+                raise CLIError(f"--{name.replace('_', '-')} must be a positive int, got {getattr(args, name)}")
+        spec = RandomModelSpec(kind=args.model, d_model=args.d_model, num_heads=args.heads,
+                               num_layers=args.layers, positional=args.positional, seed=args.seed)
+        ins = random_model(args.text, spec, args.target)
+    _cut_to_limit(ins, args.command)
+    ins.model = ins.model.to(device)
+    ins.ids = ins.ids.to(device)
+    ins.tgt_ids = ins.tgt_ids.to(device) if ins.tgt_ids is not None else None
+    return ins
+
+
+def _cut_to_limit(ins, command: str) -> None:
+    """Inputs longer than the model's positions (``cfg.max_len``) are cut to their first tokens, with a warning."""
+    from ._inputs import cut
+
+    limit = ins.model.cfg.max_len
+    for ids, labels, what in (("ids", "labels", "text"), ("tgt_ids", "tgt_labels", "target")):
+        t = getattr(ins, ids)
+        if t is not None and t.shape[1] > limit:
+            cut(command, [t[0].tolist()], limit, what)
+            setattr(ins, ids, t[:, :limit])  # (1, limit)
+            setattr(ins, labels, getattr(ins, labels)[:limit])
 
 
 def run(args) -> int:
@@ -55,8 +80,11 @@ def run(args) -> int:
     console = Console()
     origin = "random weights" if ins.origin == "random" else f"checkpoint {ins.origin}"
     console.print(f"model: {origin}")
+    if args.max_cols < 1 or args.max_rows < 1:
+        raise CLIError(f"--max-cols and --max-rows must be >= 1, got {args.max_cols}, {args.max_rows}")
     explain(ins.model, inputs, labels, ExplainOptions(layer=args.layer, head=args.head, kind=kind,
-                                                      max_cols=args.max_cols), console=console)
+                                                      max_cols=args.max_cols, max_rows=args.max_rows),
+            console=console)
     return 0
 
 
@@ -73,5 +101,7 @@ def register(sub) -> None:
     p.add_argument("--kind", choices=["encoder", "decoder"],
                    help="which self-attention: encoder, or the (causal) decoder's (default: the model's first)")
     p.add_argument("--max-cols", type=int, default=8, help="cut wider tables with a '…' column (default 8)")
+    p.add_argument("--max-rows", type=int, default=16,
+                   help="cut longer tables (one row per token) with a '…' row (default 16)")
     add_model_arguments(p, "encoder")
     p.set_defaults(func=run)

@@ -25,11 +25,18 @@ def run(args) -> int:
         raise CLIError("choose --beam K or --sample, not both")
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    model, vocab, config = load_run(args.checkpoint, step=args.step, average_last=args.average_last)
+    from ._device import resolve_device
+    from ._inputs import cut
+
+    device = resolve_device(args.device)
+    model, vocab, config = load_run(args.checkpoint, step=args.step, average_last=args.average_last,
+                                    device=device)
     lm = config["model"]["kind"] == "decoder"
     ids = [vocab.encode(t) for t in args.text]
     if any(not x for x in ids):
         raise CLIError("every TEXT must contain at least one token")
+    # an LM sees only its last max_len tokens (the context is cropped as it grows); a source is cut to its first
+    ids = cut("generate", ids, model.cfg.max_len, "prompt" if lm else "source", keep="last" if lm else "first")
     kw = dict(max_new_tokens=args.max_new_tokens, bos_id=vocab.bos_id, pad_id=vocab.pad_id,
               stop_tokens=() if vocab.eos_id is None else (vocab.eos_id,))
     kw["prompt" if lm else "src"] = ids
@@ -71,4 +78,7 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=0, help="sample among the K most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    from ._device import add_device_argument
+
+    add_device_argument(p)
     p.set_defaults(func=run)

@@ -18,21 +18,20 @@ input order. Scores are log-probabilities divided by the GNMT length penalty ((5
 
 
 def run(args) -> int:
-    from ..translation import DecodeConfig, load_translation_run, translate
-    from . import CLIError
+    from ..translation import DecodeConfig, load_translation_run
+    from ..translation.translate import translate_ids
+    from ._device import resolve_device
+    from ._inputs import cut, read_lines
 
     cfg = DecodeConfig(beam=args.beam, nbest=args.nbest, alpha=args.alpha, batch_tokens=args.batch_tokens)
-    model, sp, _ = load_translation_run(args.checkpoint, step=args.step, average_last=args.average_last)
-    stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
-    try:
-        lines = [line.strip() for line in stream]
-    except UnicodeDecodeError as e:
-        raise CLIError(f"input is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    finally:
-        if args.input:
-            stream.close()
+    device = resolve_device(args.device)
+    model, sp, _ = load_translation_run(args.checkpoint, step=args.step, average_last=args.average_last,
+                                        device=device)
+    lines = [line.strip() for line in read_lines(args.input)]
     todo = [i for i, line in enumerate(lines) if line]  # empty lines translate to empty lines
-    results = translate(model, sp, [lines[i] for i in todo], cfg)
+    ids = cut("translate", sp.encode_batch([lines[i] for i in todo]) if todo else [],
+              min(model.cfg.max_len, cfg.max_src_len), "sentence")
+    results = [[(sp.decode(o), score) for o, score in hyps] for hyps in translate_ids(model, ids, sp, cfg)]
     by_line = dict(zip(todo, results))
     out = sys.stdout
     for i in range(len(lines)):
@@ -57,4 +56,7 @@ def register(sub) -> None:
     p.add_argument("--step", type=int, help="use this checkpoint step (default: the latest)")
     p.add_argument("--batch-tokens", type=int, default=2048, help="source pieces per batch (default 2048)")
     p.add_argument("--input", metavar="FILE", help="read FILE instead of stdin")
+    from ._device import add_device_argument
+
+    add_device_argument(p)
     p.set_defaults(func=run)

@@ -37,11 +37,14 @@ def run(args) -> int:
 
     if args.no_html and args.no_png:
         raise CLIError("nothing to write: --no-html and --no-png together")
+    out = Path(args.out)
+    for parent in (out, *out.parents):  # fail before the model runs, with the path that is in the way
+        if parent.exists() and not parent.is_dir():
+            raise CLIError(f"--out {args.out!r}: {str(parent)!r} is a file, expected a directory (or a new path)")
     ins = load_model(args)
     kinds = args.kind or None
     maps = collect_maps(ins.model, ins.ids, ins.labels, ins.tgt_ids, ins.tgt_labels, kinds=kinds,
                         layers=_ints(args.layers_shown, "show-layers"), heads=_ints(args.heads_shown, "show-heads"))
-    out = Path(args.out)
     written = []
     origin = "random weights" if ins.origin == "random" else ins.origin
     if not args.no_html:

@@ -27,6 +27,8 @@ def read_text(path: str | Path) -> str:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        raise ValueError(f"text file {str(p)!r} is empty (expected UTF-8 text to train on)")
     return text
 
 

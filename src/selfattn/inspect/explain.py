@@ -34,6 +34,7 @@ class ExplainOptions:
     head: int = 0
     kind: str | None = None  # "encoder" | "decoder"; None = the model's first self-attention
     max_cols: int = 8  # wider tables are cut with a "…" column to stay readable
+    max_rows: int = 16  # longer tables (one row per token) are cut with a "…" row, for long inputs
 
 
 @dataclass
@@ -226,8 +227,8 @@ def _fmt(x: float | int, signed: bool = True) -> str:
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
-def render_table(step: Step, max_cols: int) -> Table:
-    """A rich table of a step; more than ``max_cols`` columns are cut with a "…" column."""
+def render_table(step: Step, max_cols: int, max_rows: int = 16) -> Table:
+    """A rich table of a step; more than ``max_cols`` columns (``max_rows`` rows) are cut with a "…" column (row)."""
     t = Table(pad_edge=False)
     t.add_column("")
     vals = step.values.tolist()  # (rows, cols)
@@ -238,11 +239,13 @@ def render_table(step: Step, max_cols: int) -> Table:
     if len(cols) > max_cols:
         t.add_column("…")
     is_weights = step.title.startswith("7.")
-    for label, row in zip(step.rows, vals):
+    for label, row in zip(step.rows[:max_rows], vals[:max_rows]):
         best = max(row) if is_weights else None
         cells = [f"[bold yellow]{_fmt(x, False)}[/bold yellow]" if x == best else _fmt(x, not is_weights)
                  for x in row[:max_cols]]
         t.add_row(label, *cells, *(["…"] if len(cols) > max_cols else []))
+    if len(vals) > max_rows:
+        t.add_row(f"… {len(vals) - max_rows} more", *(["…"] * (len(shown) + (len(cols) > max_cols))))
     return t
 
 
@@ -257,7 +260,7 @@ def explain(model, inputs, labels: list[str], opts: ExplainOptions = ExplainOpti
                   f"layer {opts.layer}, head {opts.head}")
     for step in steps:  # the step, one line of plain explanation, then its numbers
         console.print(f"\n[bold cyan]{step.title}[/bold cyan] — [italic]{step.why}[/italic]")
-        console.print(render_table(step, opts.max_cols))
+        console.print(render_table(step, opts.max_cols, opts.max_rows))
     err = (tensors["residual"] - tensors["model_residual"]).abs().max().item()
     console.print(f"check: step 10 equals the model's own sublayer output (max |difference| {err:.1e})")
     return tensors

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from ..io import atomic_write_bytes, atomic_write_json, fsync_dir
+from .faults import fault_point
 
 FORMAT = 1  # bump when the layout changes
 PREFIX = "step_"
@@ -95,6 +96,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module,
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
+    fault_point("save", "weights", step)  # tests only (SELFATTN_TEST_FAULT); a no-op otherwise
     meta: dict[str, Any] = {"format": FORMAT, "step": step, **(state or {})}
     if optimizer is not None:
         tensors, opt_meta = _optimizer_tensors(optimizer)
@@ -107,6 +109,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module,
     for f in tmp.iterdir():
         _fsync_file(f)
     fsync_dir(tmp)
+    fault_point("save", "rename", step)
     if final.exists():  # re-saving a step (e.g. after a resume): move the old one aside first
         old = root / f".{final.name}.old-{os.getpid()}"
         os.replace(final, old)
@@ -115,6 +118,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module,
     else:
         os.replace(tmp, final)
     fsync_dir(root)
+    fault_point("save", "renamed", step)
     if keep_last:
         for old in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

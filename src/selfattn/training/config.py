@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ class TrainConfig:
     schedule: str = "noam"  # the paper's (§5.3); "cosine" = linear warm-up + cosine decay; "constant"
     lr: float = 1.0  # noam: multiplier of d_model^-0.5·min(s^-0.5, s·w^-1.5) (paper: 1); else the peak lr
     warmup_steps: int = 4000  # the paper's warm-up (§5.3); scale it down for short runs
+    schedule_steps: int = 0  # horizon of the cosine decay; 0 = steps. Kept on resume, so raising steps
+    # continues at the floor lr instead of jumping back up; set it to stretch the schedule explicitly
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of the peak (Chinchilla-style)
     beta1: float = 0.9  # Adam β1 (§5.3)
     beta2: float = 0.98  # Adam β2 (§5.3), not the usual 0.999
@@ -39,6 +42,7 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics lines
     seed: int = 0  # model init, dropout and data order
     progress: bool = True  # live progress bar (tqdm: loss, lr, tokens/s, ETA) on rank 0
+    tensorboard: bool = False  # also write TensorBoard event files into RUN/tensorboard/ (optional package)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -54,7 +58,11 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        for name in ("warmup_steps", "eval_every", "ckpt_every", "keep_last", "early_stop_patience"):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{f.name} must be a finite number, got {v!r}")
+        for name in ("warmup_steps", "schedule_steps", "eval_every", "ckpt_every", "keep_last", "early_stop_patience"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
@@ -87,10 +95,13 @@ def parse_value(text: str, current: Any) -> Any:
     try:
         if isinstance(current, int) or (current is None and text.lstrip("-").isdigit()):
             return int(text)
-        if isinstance(current, float):
-            return float(text)
+        value = float(text) if isinstance(current, float) else None
     except ValueError:
         raise ValueError(f"expected a {type(current).__name__}, got {text!r}") from None
+    if value is not None:
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite float, got {text!r}")
+        return value
     return text
 
 

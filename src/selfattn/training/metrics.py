@@ -11,10 +11,21 @@ from ..io import atomic_write_bytes
 
 
 class MetricsLog:
-    """Append one JSON object per line; ``path=None`` (non-zero DDP ranks, tests) writes nothing."""
+    """Append one JSON object per line; ``path=None`` (non-zero DDP ranks, tests) writes nothing.
 
-    def __init__(self, path: str | Path | None):
+    ``tensorboard_dir`` also writes every numeric field as a TensorBoard scalar (tag ``train/loss``,
+    ``val/bleu``, ...) with ``torch.utils.tensorboard`` — it needs the optional ``tensorboard`` package."""
+
+    def __init__(self, path: str | Path | None, tensorboard_dir: str | Path | None = None):
         self.path = Path(path) if path is not None else None
+        self.tb = None
+        if tensorboard_dir is not None and self.path is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError("tensorboard=true needs the tensorboard package "
+                                 "(pip install 'selfattn[tensorboard]'), which is not installed") from None
+            self.tb = SummaryWriter(str(tensorboard_dir))
 
     def write(self, record: dict) -> None:
         if self.path is None:
@@ -23,6 +34,26 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self.tb is not None:
+            group = record.get("split", "train")
+            for key, value in record.items():
+                if key not in ("step", "split") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(f"{group}/{key}", value, record["step"])
+            self.tb.flush()
+
+    def truncate_after(self, step: int) -> list[dict]:
+        """Drop the records of steps after ``step`` (logged after the checkpoint a resume starts from) and any
+        torn line, rewriting the file atomically; returns the kept records."""
+        if self.path is None or not self.path.is_file():
+            return []
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        return kept
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
 
 def read_metrics(path: str | Path) -> list[dict]:

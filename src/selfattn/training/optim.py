@@ -45,7 +45,7 @@ def lr_at(step: int, cfg: TrainConfig, d_model: int) -> float:
     if cfg.schedule == "noam":
         return noam_lr(step + 1, d_model, cfg.warmup_steps, cfg.lr)
     if cfg.schedule == "cosine":
-        return cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        return cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.schedule_steps or cfg.steps, cfg.min_lr_ratio)
     return cfg.lr
 
 

@@ -141,3 +141,15 @@ def test_resume_evaluate_generate_fall_back_to_the_newest_intact_checkpoint(tmp_
     assert main(["train", "--run-dir", str(run), "--resume", "--steps", "10", "--no-progress"]) != 0
     err = capsys.readouterr().err
     assert "cannot resume" in err and "no intact checkpoint left" in err
+
+
+def test_a_flipped_bit_in_tensor_data_is_caught_by_the_recorded_digest(saved):
+    """The header still parses and every size matches: only the SHA-256 in state.json tells."""
+    task, _, _, last = saved
+    data = bytearray((last / "model.safetensors").read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor's bytes
+    (last / "model.safetensors").write_bytes(bytes(data))
+    load_checkpoint(last, *_fresh(task))  # loading alone cannot see it
+    chosen, skipped = latest_intact_checkpoint(last.parent)
+    assert chosen.name == "step_00000001"
+    assert [p.name for p, _ in skipped] == ["step_00000002"] and "SHA-256 differs" in skipped[0][1]

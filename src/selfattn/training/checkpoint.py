@@ -9,7 +9,8 @@ A run directory is self-contained::
         model.safetensors             weights (tied matrices stored once; loading never unpickles)
         optimizer.safetensors         Adam moments and step counts, keyed "state.<param index>.<name>"
         rng.safetensors               torch CPU (and CUDA) generator states
-        state.json                    step, data position, optimizer param groups, python RNG, early-stop state
+        state.json                    step, data position, optimizer param groups, python RNG, early-stop state,
+                                      size and SHA-256 of each file above
 
 A checkpoint is assembled in a hidden ``.step_N.tmp-PID`` directory, every file fsynced, then renamed
 into place (a directory rename is atomic). Re-saving an existing step renames the old one to
@@ -44,6 +45,7 @@ from .checkpoint_check import (
     DamagedCheckpoint,
     check_optimizer_state,
     check_rng_tensors,
+    file_digest,
     header_keys,
     load_tensors,
     optimizer_state,
@@ -111,6 +113,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module,
     rng_tensors, rng_meta = rng_state()
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
     meta["rng"] = rng_meta
+    meta["files"] = {f.name: file_digest(f) for f in sorted(tmp.iterdir())}  # bit rot shows at verification
     (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     for f in tmp.iterdir():
         _fsync_file(f)
@@ -186,6 +189,9 @@ def verify_checkpoint(ckpt: str | Path) -> dict:
     header_keys(ckpt / "model.safetensors")
     if "optimizer" in state:
         header_keys(ckpt / "optimizer.safetensors")
+    for name, want in state.get("files", {}).items():  # checkpoints before the manifest have none
+        if file_digest(ckpt / name) != want:
+            raise DamagedCheckpoint(f"{ckpt / name}: its size or SHA-256 differs from the one state.json recorded")
     check_rng_tensors(load_tensors(ckpt / "rng.safetensors"), ckpt / "rng.safetensors")
     return state
 

@@ -9,6 +9,7 @@ older checkpoint of the same run would not help there.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -48,6 +49,14 @@ def header_keys(path: Path) -> set[str]:
         raise DamagedCheckpoint(f"{path} is not a readable safetensors file: {e}") from None
 
 
+def file_digest(path: Path) -> dict[str, Any]:
+    """{"bytes": size, "sha256": hex digest} of a file, or {"missing": True} when it is absent."""
+    if not path.is_file():
+        return {"missing": True}
+    with open(path, "rb") as f:
+        return {"bytes": path.stat().st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+
+
 def _require(ok: bool, path: Path, what: str, got: Any) -> None:
     if not ok:
         raise DamagedCheckpoint(f"{path}: expected {what}, got {str(got)[:80]}")
@@ -75,6 +84,10 @@ def parse_state(path: Path) -> dict:
              and all(_is_int(w) and 0 <= w < 2**32 for w in words[:-1]) and _is_int(words[-1])
              and (gauss is None or isinstance(gauss, float)), path,
              f"a Python RNG state ({PYTHON_RNG_WORDS} 32-bit words)", "a malformed one")
+    files = state.get("files", {})
+    _require(isinstance(files, dict) and all(isinstance(v, dict) and "/" not in k and ".." not in k
+                                             for k, v in files.items()), path,
+             "'files': {file name: {'bytes': n, 'sha256': hex}}", files)
     if "optimizer" in state:
         opt = state["optimizer"]
         _require(isinstance(opt, dict) and isinstance(opt.get("param_groups"), list)
@@ -131,5 +144,5 @@ def check_optimizer_state(sd: dict, optimizer: Any, path: Path, step: int) -> No
                          f"step count of parameter {idx}: a whole number in [0, {step}]", count)
 
 
-__all__ = ["FORMAT", "DamagedCheckpoint", "check_optimizer_state", "check_rng_tensors", "header_keys",
+__all__ = ["FORMAT", "DamagedCheckpoint", "check_optimizer_state", "check_rng_tensors", "file_digest", "header_keys",
            "load_tensors", "optimizer_state", "parse_state"]

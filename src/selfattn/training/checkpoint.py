@@ -27,6 +27,7 @@ whose files all read back, with the damaged newer ones and why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -231,7 +232,8 @@ def clean_partial(ckpt_root: str | Path) -> None:
     for p in sorted(root.iterdir()):
         step = checkpoint_step(p) if ".old-" in p.name else None
         if step is not None and (p / "state.json").is_file() and not (root / f"{PREFIX}{step:08d}").exists():
-            os.replace(p, root / f"{PREFIX}{step:08d}")  # roll back the interrupted re-save
+            with contextlib.suppress(FileNotFoundError):  # another process (a DDP rank) may have done it
+                os.replace(p, root / f"{PREFIX}{step:08d}")  # roll back the interrupted re-save
             fsync_dir(root)
         elif p.name.startswith(".") and any(tag in p.name for tag in (".tmp-", ".old-", ".del-")):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

@@ -94,6 +94,8 @@ def _assert_complete(ckpt: Path, versions: dict[str, dict]) -> None:
 def setup(tmp_path_factory):
     """A checkpoint dir with steps 2 and 3 (version "A"), and trainers for a re-save of step 3 ("B")
     and a new step 4 ("C"); keep_last=2, so saving step 4 also prunes step 2."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module-scoped: runs before the one-thread fixture of tests/training
     task = PoolTask(pool_size=32)
     template = tmp_path_factory.mktemp("template")
     a = _trained(task, 3, seed=0)
@@ -112,6 +114,7 @@ def setup(tmp_path_factory):
         "re-save step 3": lambda root: save_checkpoint(root, 3, b.model, b.optimizer, {**state, "tag": "B"}, keep_last=2),
         "new step 4": lambda root: save_checkpoint(root, 4, c.model, c.optimizer, {**state, "tag": "C"}, keep_last=2),
     }
+    torch.set_num_threads(threads)
     return task, template, versions, saves
 
 

@@ -190,10 +190,10 @@ def verify_checkpoint(ckpt: str | Path) -> dict:
     header_keys(ckpt / "model.safetensors")
     if "optimizer" in state:
         header_keys(ckpt / "optimizer.safetensors")
-    for name, want in state.get("files", {}).items():  # checkpoints before the manifest have none
+    check_rng_tensors(load_tensors(ckpt / "rng.safetensors"), ckpt / "rng.safetensors")
+    for name, want in state.get("files", {}).items():  # last: the checks above say more; old checkpoints have none
         if file_digest(ckpt / name) != want:
             raise DamagedCheckpoint(f"{ckpt / name}: its size or SHA-256 differs from the one state.json recorded")
-    check_rng_tensors(load_tensors(ckpt / "rng.safetensors"), ckpt / "rng.safetensors")
     return state
 
 

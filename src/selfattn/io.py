@@ -1,4 +1,5 @@
-"""Atomic file writes and a directory lock: the one leaf module every layer may use (it imports nothing of selfattn).
+"""Atomic file writes, paths confined to a directory, a directory lock: the leaf module every layer may use
+(it imports nothing of selfattn).
 
 A reader never sees a half-written file: data goes to a temporary file beside the target, is fsynced, then
 ``os.replace``d over the target (atomic on POSIX and Windows), and the directory entry is fsynced too, so a crash
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 
@@ -61,6 +62,23 @@ def atomic_write_json(path: str | Path, obj: Any, *, mkdir: bool = False) -> Pat
     return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n", mkdir=mkdir)
 
 
+def confined_path(root: str | Path, entry: Any, *, source: str | Path, within: str | Path | None = None) -> Path:
+    """``root / entry`` with symlinks resolved; ValueError unless it stays inside ``within`` (default ``root``).
+
+    ``entry`` comes from file ``source`` (named in the error, with the offending entry). Refused: anything
+    but a string, absolute paths (POSIX or Windows style), and relative ones that climb out through ``..``
+    or a symlink. ``""`` and ``"."`` name ``root`` itself.
+    """
+    if not isinstance(entry, str):
+        raise ValueError(f"{source}: expected a relative path string, got {entry!r}")
+    if PurePosixPath(entry).is_absolute() or PureWindowsPath(entry).is_absolute() or PureWindowsPath(entry).drive:
+        raise ValueError(f"{source}: path {entry!r} is absolute; expected a path inside {within or root}")
+    fence = Path(within if within is not None else root).resolve()
+    target = (Path(root).resolve() / entry).resolve()
+    if target != fence and fence not in target.parents:
+        raise ValueError(f"{source}: path {entry!r} leads outside {fence} (to {target}); "
+                         f"expected a path inside the checkpoint directory")
+    return target
 
 
 class DirectoryLocked(RuntimeError):
@@ -129,4 +147,4 @@ class DirLock:
         self.release()
 
 
-__all__ = ["DirLock", "DirectoryLocked", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir"]
+__all__ = ["DirLock", "DirectoryLocked", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "confined_path", "fsync_dir"]

@@ -54,3 +54,11 @@ def test_train_translate_evaluate(tmp_path, capsys, one_thread):
     assert out[0].startswith("BLEU ") and "case:mixed|eff:no|tok:13a" in out[0] and "case:lc" in out[1]
     result = json.loads(out[-1])
     assert result["sentences"] == 8 and 0.0 <= result["bleu"] <= 100.0
+
+    # a damaged newest checkpoint: translate falls back to the newest intact one and says so on stderr
+    (run / "checkpoints" / "step_00000016" / "rng.safetensors").write_bytes(b"\0" * 5)
+    rc = main(["translate", "--checkpoint", str(run), "--beam", "1", "--input", str(tmp_path / "in.de")])
+    assert rc == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("checkpoint step_00000016 is damaged (") and err.endswith("; using step_00000008")
+    assert "rng.safetensors is not a readable safetensors file" in err

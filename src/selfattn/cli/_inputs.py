@@ -23,7 +23,8 @@ def read_lines(path: str | None) -> list[str]:
         if not p.is_file():
             raise CLIError(f"--input {path!r} is not a file")
         return decode_utf8(p.read_bytes(), f"--input {path!r}").splitlines()
-    return decode_utf8(sys.stdin.buffer.read(), "stdin").splitlines()
+    raw = getattr(sys.stdin, "buffer", None)  # a text stream without bytes (e.g. io.StringIO) is already decoded
+    return (decode_utf8(raw.read(), "stdin") if raw is not None else sys.stdin.read()).splitlines()
 
 
 def warn(command: str, message: str) -> None:

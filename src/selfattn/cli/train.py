@@ -165,24 +165,17 @@ def _train(args, rank: int, world: int, device: str, state: dict) -> int:
 
 
 def _resume(trainer, run_dir: Path) -> None:
-    """Restore the newest checkpoint, with a one-line error when there is none or it cannot be read."""
-    from safetensors import SafetensorError
+    """Restore the newest intact checkpoint (the trainer says on stderr which damaged newer ones it skipped),
+    with a one-line error when there is none or none can be read."""
+    from ..training.checkpoint import DamagedCheckpoint
 
-    from ..training import latest_checkpoint
-    from ..training.checkpoint import clean_partial
-
-    root = run_dir / "checkpoints"
-    clean_partial(root)
-    ckpt = latest_checkpoint(root)  # the lead switches this to the loading helper's "newest intact" on merge
-    if ckpt is None:
+    try:
+        found = trainer.resume()
+    except DamagedCheckpoint as e:
+        raise CLIError(f"--resume: {e}") from None
+    if not found:
         raise CLIError(f"--resume: {str(run_dir)!r} has no checkpoint yet, nothing to continue; "
                        "start it again without --resume")
-    try:
-        trainer.resume(ckpt)
-    except (SafetensorError, ValueError, KeyError, OSError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CLIError(f"--resume: checkpoint {str(ckpt)!r} cannot be read ({first}); move it aside to "
-                       "resume from the one before") from None
 
 
 def register(sub) -> None:

@@ -36,7 +36,7 @@ def _same(t: Tensor) -> Tensor:
 
 def model_config(hf: dict[str, Any], *, backend: str = "auto") -> ModelConfig:
     act = hf.get("hidden_act", "gelu")
-    if act not in ACTIVATIONS:
+    if not isinstance(act, str) or act not in ACTIVATIONS:
         raise ValueError(f"unsupported BERT hidden_act {act!r}; expected one of {sorted(ACTIVATIONS)}")
     pos = hf.get("position_embedding_type", "absolute")
     if pos != "absolute":

@@ -32,7 +32,7 @@ ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu"
 
 def model_config(hf: dict[str, Any], *, backend: str = "auto") -> ModelConfig:
     act = hf.get("activation_function", "gelu_new")
-    if act not in ACTIVATIONS:
+    if not isinstance(act, str) or act not in ACTIVATIONS:
         raise ValueError(f"unsupported GPT-2 activation_function {act!r}; expected one of {sorted(ACTIVATIONS)}")
     # Variants whose attention differs from softmax(q k^T / sqrt(d)) v.
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:

@@ -6,7 +6,8 @@ A sentence-transformers directory lists its pipeline in ``modules.json``: a ``Tr
 checkpoint, at ``path``), a ``Pooling`` (``<path>/config.json``: which of cls / max / mean /
 mean-sqrt-len, concatenated in that order) and optionally ``Normalize`` (unit L2 norm).
 ``sentence_bert_config.json`` gives ``max_seq_length`` (truncation, counting [CLS]/[SEP]).
-Any other module (Dense, ...) is refused with a ValueError naming it.
+Any other module (Dense, ...) is refused with a ValueError naming it, and so is a module ``path``
+that leaves the checkpoint directory (``../x``, an absolute path, a symlink pointing outside).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from ..io import confined_path
 
 ST = "sentence_transformers.models."
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")  # sentence-transformers' concatenation order
@@ -35,29 +38,42 @@ class SentenceConfig:
 def _json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read sentence-transformers file {path}: {e}") from None
 
 
-def read_sentence_config(path: Path) -> tuple[SentenceConfig | None, Path]:
-    """-> (settings or None without modules.json, directory of the HF transformer checkpoint)."""
-    if not (path / "modules.json").is_file():
+def _max_seq_length(path: Path) -> int | None:
+    msl = _json(path).get("max_seq_length")
+    if msl is not None and (not isinstance(msl, int) or isinstance(msl, bool) or msl < 1):
+        raise ValueError(f"{path}: max_seq_length must be a positive int, got {msl!r}")
+    return msl
+
+
+def read_sentence_config(path: Path, *, within: Path | None = None) -> tuple[SentenceConfig | None, Path]:
+    """-> (settings or None without modules.json, directory of the HF transformer checkpoint).
+
+    Every module ``path`` in modules.json must stay inside ``path`` (or ``within``), symlinks resolved."""
+    listing = path / "modules.json"
+    if not listing.is_file():
         return None, path
-    modules = _json(path / "modules.json")
+    modules = _json(listing)
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ValueError(f"{listing}: expected a JSON list of module objects, got {str(modules):.80}")
     cfg, hf_dir, seen = SentenceConfig(), path, []
     for m in modules:
         kind = str(m.get("type", ""))
-        sub = path / m.get("path", "")
+        sub = confined_path(path, m.get("path", ""), source=listing, within=within)
         seen.append(kind)
         if kind == ST + "Transformer":
             hf_dir = sub
-            for name in ("sentence_bert_config.json",):
-                if (sub / name).is_file():
-                    msl = _json(sub / name).get("max_seq_length")
-                    if msl is not None:
-                        cfg.max_seq_length = int(msl)
+            if (sub / "sentence_bert_config.json").is_file():
+                msl = _max_seq_length(sub / "sentence_bert_config.json")
+                if msl is not None:
+                    cfg.max_seq_length = msl
         elif kind == ST + "Pooling":
             pc = _json(sub / "config.json")
+            if not isinstance(pc, dict):
+                raise ValueError(f"{sub / 'config.json'}: expected a JSON object, got {type(pc).__name__}")
             unsupported = [k for k in ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken") if pc.get(k)]
             if unsupported:
                 raise ValueError(f"pooling modes {unsupported} in {sub} are not supported; "
@@ -70,10 +86,10 @@ def read_sentence_config(path: Path) -> tuple[SentenceConfig | None, Path]:
         elif kind == ST + "Normalize":
             cfg.normalize = True
         else:
-            raise ValueError(f"unsupported sentence-transformers module {kind!r} in {path / 'modules.json'}; "
+            raise ValueError(f"unsupported sentence-transformers module {kind!r} in {listing}; "
                              f"supported: Transformer, Pooling, Normalize")
     if ST + "Transformer" not in seen:
-        raise ValueError(f"{path / 'modules.json'} has no sentence_transformers.models.Transformer module")
+        raise ValueError(f"{listing} has no sentence_transformers.models.Transformer module")
     return cfg, hf_dir
 
 

@@ -3,9 +3,8 @@
 Legend: b batch, n tokens, c model dim, h heads, d head dim (c / h), V vocabulary.
 
 ``load_pretrained(path)`` reads a local checkpoint directory (``config.json``, ``model.safetensors``
-or a sharded ``model.safetensors.index.json``; a ``pytorch_model.bin`` only through
-``torch.load(weights_only=True)``, which unpickles tensors and nothing else), builds the matching
-selfattn model from its own layers and copies the weights in:
+or a sharded ``model.safetensors.index.json``; never a pickled ``pytorch_model.bin``), builds the
+matching selfattn model from its own layers and copies the weights in:
 
 * ``model_type == "bert"`` (Devlin et al., 2019) -> :class:`~selfattn.models.TransformerEncoderModel`
   (post-norm, exact GELU, learned absolute positions, token types, LayerNorm after the embeddings);
@@ -14,16 +13,20 @@ selfattn model from its own layers and copies the weights in:
 * ``model_type == "gpt2"`` (Radford et al., 2019) -> :class:`~selfattn.models.TransformerLM`
   (pre-norm, tanh-GELU, learned positions, tied embeddings, final norm); see :mod:`.hf_gpt2`.
 
-Every tensor is accounted for: anything the model needs but the checkpoint lacks, anything the
-checkpoint holds that nothing reads (except known heads and buffers listed per architecture),
-and every shape mismatch are reported together in one ``ValueError``.
+Nothing on disk is trusted. config.json becomes a validated :class:`ModelConfig`; it is compared
+with the tensor shapes of the safetensors headers (a meta-device model, no allocation) before the
+model is built, so a config claiming a huge width fails at once. Every tensor is accounted for:
+anything the model needs but the checkpoint lacks, anything the checkpoint holds that nothing reads
+(except known heads and buffers listed per architecture), every shape mismatch and every
+non-float weight are reported together in one ``ValueError``. Paths named inside the checkpoint
+(shards of ``model.safetensors.index.json``, folders of ``modules.json``) must stay inside it,
+symlinks resolved; unreadable files are named in a one-line error.
 Masks follow selfattn's convention: boolean **True = real token / may attend**.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,6 +34,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..io import confined_path
 from ..layers.attention import MultiHeadAttention
 from ..models.architectures import build_model
 from ..models.config import ModelConfig
@@ -42,57 +46,98 @@ ARCHITECTURES: dict[str, Any] = {"bert": hf_bert, "gpt2": hf_gpt2}
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ValueError naming the file for anything else (garbage, a list, ...)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """All tensors of a checkpoint directory, from safetensors (preferred) or a weights-only .bin."""
+def hub_fence(path: Path) -> Path | None:
+    """The model folder of a Hugging Face hub cache snapshot (``models--x/snapshots/REV``), whose files
+    are symlinks into ``models--x/blobs``; None for an ordinary directory."""
+    p = path.resolve()
+    return p.parent.parent if p.parent.name == "snapshots" and (p.parent.parent / "blobs").is_dir() else None
+
+
+def weight_files(path: Path, *, within: Path | None = None) -> list[Path]:
+    """The safetensors files of checkpoint directory ``path``: ``model.safetensors`` or the shards that
+    ``model.safetensors.index.json`` names, each confined to ``path`` (or ``within``), symlinks resolved."""
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index}: expected a non-empty 'weight_map' object (tensor -> shard file), "
+                             f"got {weight_map!r:.80}")
+        shards = [confined_path(path, shard, source=index, within=within) for shard in weight_map.values()]
+        return list(dict.fromkeys(shards))  # unique, in order of first mention
+    if (path / "pytorch_model.bin").is_file():  # never unpickled: a pickle can run arbitrary code
+        raise ValueError(f"{path / 'pytorch_model.bin'} is a pickle, which selfattn does not load; expected "
+                         f"model.safetensors (convert it where you trust the file, e.g. safetensors.torch.save_file)")
+    raise ValueError(f"no weights in {path}: expected model.safetensors or model.safetensors.index.json")
+
+
+def read_header(files: Sequence[Path]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Tensor name -> (shape, safetensors dtype) from the files' headers, reading no tensor data."""
+    from safetensors import SafetensorError, safe_open
+
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for name in st.keys():
+                    if name in out:
+                        raise ValueError(f"{f}: tensor {name!r} is also in another shard; expected each once")
+                    sl = st.get_slice(name)
+                    out[name] = (tuple(sl.get_shape()), sl.get_dtype())
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{f} is not a readable safetensors file: {e}") from None
+    return out
+
+
+def read_state_dict(path: str | Path, *, within: Path | None = None) -> dict[str, Tensor]:
+    """All tensors of a checkpoint directory (safetensors only: loading never unpickles)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return load_file(path / "model.safetensors")
-    if (path / "model.safetensors.index.json").is_file():  # sharded: weight_map name -> shard file
-        shards = sorted(set(read_json(path / "model.safetensors.index.json")["weight_map"].values()))
-        out: dict[str, Tensor] = {}
-        for shard in shards:
-            out.update(load_file(path / shard))
-        return out
-    if (path / "pytorch_model.bin").is_file():
-        # weights_only=True: only tensors and plain containers are unpickled, never arbitrary code.
+    out: dict[str, Tensor] = {}
+    for f in weight_files(Path(path), within=within):
         try:
-            sd = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(f"refusing {path / 'pytorch_model.bin'}: it holds more than tensors ({e})") from None
-        if not isinstance(sd, dict):
-            raise ValueError(f"{path / 'pytorch_model.bin'} holds a {type(sd).__name__}, expected a state dict")
-        return sd
-    raise ValueError(
-        f"no weights in {path}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
-    )
+            out.update(load_file(f))
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{f} is not a readable safetensors file: {e}") from None
+    return out
 
+
+# safetensors header dtypes that hold real numbers (weights must be one of them).
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 # One entry of a weight mapping: our parameter name -> (HF tensor name, transform).
 Mapping = dict[str, tuple[str, Callable[[Tensor], Tensor]]]
 
 
-def assign_weights(model: nn.Module, hf: dict[str, Tensor], mapping: Mapping, *,
-                   ignore: Callable[[str], bool], source: str) -> None:
-    """Copy ``hf`` tensors into ``model`` per ``mapping``; one ValueError lists every problem.
+def convert_weights(ours: dict[str, Tensor], hf: dict[str, Tensor], mapping: Mapping, *,
+                    ignore: Callable[[str], bool], source: str) -> dict[str, Tensor]:
+    """``hf`` tensors converted per ``mapping`` for the tensors ``ours``; one ValueError lists every problem.
 
-    ``ignore(name)`` says which checkpoint tensors may stay unread (task heads, old buffers).
+    ``ignore(name)`` says which checkpoint tensors may stay unread (task heads, old buffers). Works on
+    meta tensors too: that is how shapes are checked before anything is allocated.
     """
-    ours = model.state_dict()
     missing_ours = sorted(set(ours) - set(mapping))  # a mapper bug, but say it plainly
     missing = sorted({src for src, _ in mapping.values() if src not in hf})
     unexpected = sorted(k for k in set(hf) - {src for src, _ in mapping.values()} if not ignore(k))
     converted: dict[str, Tensor] = {}
-    mismatched = []
+    mismatched, not_float = [], set()
     for name, (src, fn) in mapping.items():
         if src not in hf or name not in ours:
+            continue
+        if not hf[src].is_floating_point():
+            not_float.add(f"{src} ({hf[src].dtype})")
             continue
         t = fn(hf[src])
         if t.shape != ours[name].shape:
@@ -106,13 +151,35 @@ def assign_weights(model: nn.Module, hf: dict[str, Tensor], mapping: Mapping, *,
         problems.append(f"unexpected tensors {unexpected}")
     if mismatched:
         problems.append(f"mis-shaped tensors {mismatched}")
+    if not_float:
+        problems.append(f"tensors that are not floating point {sorted(not_float)}")
     if missing_ours:
         problems.append(f"model parameters without a source {missing_ours}")
     if problems:
         raise ValueError(f"checkpoint {source} does not fit the model: " + "; ".join(problems))
+    return converted
+
+
+def assign_weights(model: nn.Module, hf: dict[str, Tensor], mapping: Mapping, *,
+                   ignore: Callable[[str], bool], source: str) -> None:
+    """Copy ``hf`` tensors into ``model`` per ``mapping`` (see :func:`convert_weights` for the checks)."""
+    ours = model.state_dict()
+    converted = convert_weights(ours, hf, mapping, ignore=ignore, source=source)
     with torch.no_grad():
         for name, t in converted.items():
             ours[name].copy_(t.to(ours[name].dtype))
+
+
+def check_fits(cfg: ModelConfig, header: dict[str, tuple[tuple[int, ...], str]], mapper: Any,
+               hf_cfg: dict[str, Any], source: str) -> None:
+    """Compare config.json with the tensor shapes of the safetensors headers, allocating nothing:
+    the model is built on the meta device and the checkpoint is stood in for by meta tensors."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+        hf = {name: torch.empty(shape, dtype=FLOAT_DTYPES.get(dt, torch.int64)) for name, (shape, dt) in header.items()}
+    prefix = mapper.detect_prefix(hf)
+    convert_weights(model.state_dict(), hf, mapper.weight_mapping(cfg, hf_cfg, prefix),
+                    ignore=mapper.ignorable(prefix), source=source)
 
 
 @dataclass
@@ -193,7 +260,7 @@ def load_pretrained(path: str | Path, *, dtype: torch.dtype = torch.float32, bac
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"expected a checkpoint directory, got {str(path)!r}")
-    sentence, hf_dir = read_sentence_config(path)  # (None, path) without sentence-transformers files
+    sentence, hf_dir = read_sentence_config(path, within=hub_fence(path))  # (None, path) without modules.json
     if not (hf_dir / "config.json").is_file():
         raise ValueError(f"no config.json in {hf_dir}: not a Hugging Face checkpoint directory")
     hf_cfg = read_json(hf_dir / "config.json")
@@ -202,9 +269,11 @@ def load_pretrained(path: str | Path, *, dtype: torch.dtype = torch.float32, bac
         raise ValueError(f"unsupported architecture: model_type {kind!r} (architectures "
                          f"{hf_cfg.get('architectures')}); expected one of {sorted(ARCHITECTURES)}")
     mapper = ARCHITECTURES[kind]
-    cfg = mapper.model_config(hf_cfg, backend=backend)
-    model = build_model(cfg)
-    hf = read_state_dict(hf_dir)
+    cfg = mapper.model_config(hf_cfg, backend=backend)  # ModelConfig validates types and ranges
+    fence = hub_fence(path)
+    check_fits(cfg, read_header(weight_files(hf_dir, within=fence)), mapper, hf_cfg, str(hf_dir))
+    model = build_model(cfg)  # only now: config.json agrees with the weights
+    hf = read_state_dict(hf_dir, within=fence)
     prefix = mapper.detect_prefix(hf)
     assign_weights(model, hf, mapper.weight_mapping(cfg, hf_cfg, prefix), ignore=mapper.ignorable(prefix),
                    source=str(hf_dir))
@@ -230,4 +299,4 @@ def default_model_dir() -> Path | None:
 
 
 __all__ = ["ARCHITECTURES", "Pretrained", "assign_weights", "default_model_dir", "load_pretrained",
-           "read_state_dict"]
+           "read_header", "read_state_dict", "weight_files"]

@@ -7,6 +7,7 @@ One dataclass describes all three model kinds: ``"encoder-decoder"`` (the paper'
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,41 @@ from ..positional import POSITIONAL_KINDS
 
 MODEL_KINDS = ("encoder-decoder", "encoder", "decoder")
 ATTENTION_TYPES = ("full", "sliding", "linear")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "kind": MODEL_KINDS, "activation": tuple(ACTIVATIONS), "norm": ("layernorm", "rmsnorm"),
+    "positional": tuple(POSITIONAL_KINDS), "attention_type": ATTENTION_TYPES,
+}
+# (min, max) of each int field. The maxima are sanity bounds far above any real model (GPT-3 has
+# c 12288, 96 layers, 96 heads; vocabularies reach ~256k) that stop a hostile or mistyped config
+# before it allocates: layers <= 1024 as the issue asks, the rest a power of two with room to spare.
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "vocab_size": (1, 2**24), "src_vocab_size": (1, 2**24), "d_model": (1, 2**16), "num_heads": (1, 2**12),
+    "num_kv_heads": (1, 2**12), "d_ff": (1, 2**20), "num_encoder_layers": (0, 1024),
+    "num_decoder_layers": (0, 1024), "max_len": (1, 2**24), "type_vocab_size": (0, 2**16),
+    "window": (0, 2**24), "pad_id": (0, 2**24),
+}
+OPTIONAL_INTS = ("src_vocab_size", "num_kv_heads", "pad_id")  # None has a meaning (see the fields)
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"ModelConfig.{name} must be one of {allowed}, got {value!r}")
+
+
+def _int_in(name: str, value: Any, lo: int, hi: int, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"ModelConfig.{name} must be an int in [{lo}, {hi}]{' or None' if optional else ''}, "
+                         f"got {value!r}")
+
+
+def _float_in(name: str, value: Any, lo: float, hi: float, *, closed_lo: bool = True, closed_hi: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (lo <= value if closed_lo else lo < value) and (value <= hi if closed_hi else value < hi)
+    if not ok:
+        interval = f"{'[' if closed_lo else '('}{lo}, {hi}{']' if closed_hi else ')'}"
+        raise ValueError(f"ModelConfig.{name} must be a number in {interval}, got {value!r}")
 
 
 def dataclass_from_dict(cls, d: dict[str, Any], label: str):
@@ -62,27 +98,41 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        def one_of(name: str, value, allowed) -> None:
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+        """Types and ranges of every field, up front: one ValueError naming the field, expected and given."""
+        for name in ("kind", "activation", "norm", "positional", "attention_type"):
+            _one_of(name, getattr(self, name), CHOICES[name])
+        for name, (lo, hi) in INT_RANGES.items():
+            _int_in(name, getattr(self, name), lo, hi, optional=name in OPTIONAL_INTS)
+        for name in ("norm_first", "bias", "share_embeddings", "scale_embeddings", "embed_norm", "final_norm"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "final_norm" and value is None):
+                raise ValueError(f"ModelConfig.{name} must be a bool{' or None' if name == 'final_norm' else ''}, "
+                                 f"got {value!r}")
+        _float_in("dropout", self.dropout, 0.0, 1.0, closed_hi=False)
+        _float_in("attention_dropout", self.attention_dropout, 0.0, 1.0, closed_hi=False)
+        _float_in("norm_eps", self.norm_eps, 0.0, 1.0, closed_lo=False)
+        if not isinstance(self.attention_backend, str) or not self.attention_backend:
+            raise ValueError(f"ModelConfig.attention_backend must be a backend name (str), got {self.attention_backend!r}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"ModelConfig.extra must be a dict, got {type(self.extra).__name__}")
+        self._check_relations()
 
-        one_of("kind", self.kind, MODEL_KINDS)
-        one_of("activation", self.activation, ACTIVATIONS)
-        one_of("norm", self.norm, ("layernorm", "rmsnorm"))
-        one_of("positional", self.positional, POSITIONAL_KINDS)
-        one_of("attention_type", self.attention_type, ATTENTION_TYPES)
-        for name in ("vocab_size", "d_model", "num_heads", "d_ff", "max_len"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+    def _check_relations(self) -> None:
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
         kv = self.num_kv_heads or self.num_heads
         if self.num_heads % kv:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({kv})")
-        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attention_dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}, {self.attention_dropout}")
         if self.positional == "rope" and (self.d_model // self.num_heads) % 2:
             raise ValueError("rope needs an even head dim (d_model / num_heads)")
+        if self.kind != "decoder" and self.num_encoder_layers < 1:
+            raise ValueError(f"a {self.kind!r} model needs num_encoder_layers >= 1, got {self.num_encoder_layers}")
+        if self.kind != "encoder" and self.num_decoder_layers < 1:
+            raise ValueError(f"a {self.kind!r} model needs num_decoder_layers >= 1, got {self.num_decoder_layers}")
+        for name in ("vocab_size", "src_vocab_size"):
+            vocab = getattr(self, name)
+            if self.pad_id is not None and vocab is not None and self.pad_id >= vocab:
+                raise ValueError(f"ModelConfig.pad_id must be < {name} ({vocab}), got {self.pad_id}")
 
     @property
     def head_dim(self) -> int:

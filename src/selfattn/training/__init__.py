@@ -1,8 +1,10 @@
 """Training: the paper's recipe, crash-safe checkpoints with exact resume, DDP (see ``trainer``)."""
 
 from .checkpoint import (
+    DamagedCheckpoint,
     average_checkpoints,
     latest_checkpoint,
+    latest_intact_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_state_into,
@@ -18,8 +20,8 @@ from .forward import autocast, forward_logits
 from .trainer import Trainer, TrainResult, read_run_config
 
 __all__ = [
-    "TrainConfig", "TrainResult", "Trainer", "apply_overrides", "average_checkpoints", "build_optimizer",
-    "cosine_lr", "evaluate", "forward_logits", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
+    "DamagedCheckpoint", "TrainConfig", "TrainResult", "Trainer", "apply_overrides", "average_checkpoints", "build_optimizer",
+    "cosine_lr", "evaluate", "forward_logits", "latest_checkpoint", "latest_intact_checkpoint", "list_checkpoints", "load_checkpoint",
     "load_state_into", "load_weights", "lr_at", "noam_lr", "read_run_config", "save_checkpoint",
     "setup_distributed", "smoothed_cross_entropy",
 ]

@@ -131,15 +131,26 @@ class Trainer:
         return path
 
     def resume(self, ckpt: str | Path | None = None) -> bool:
-        """Restore the latest (or given) checkpoint; False when there is none yet."""
+        """Restore the given checkpoint, or the newest intact one (saying on stderr which damaged newer ones
+        were skipped); False when there is none yet."""
         if ckpt is None:
             if self.ckpt_root is None:
                 return False
-            ckpt_io.clean_partial(self.ckpt_root)
-            ckpt = ckpt_io.latest_checkpoint(self.ckpt_root)
+            ckpt_io.clean_partial(self.ckpt_root)  # roll back an interrupted re-save, drop temporaries
+            ckpt, state, skipped = ckpt_io.load_latest_intact(self.ckpt_root, self.model, self.optimizer)
+            note = ckpt_io.fallback_note(ckpt, skipped)
+            if ckpt is None and skipped:
+                raise ckpt_io.DamagedCheckpoint(f"cannot resume {self.run_dir}: {note}")
+            if self.rank == 0:
+                ckpt_io.warn(note)
             if ckpt is None:
                 return False
-        state = ckpt_io.load_checkpoint(ckpt, self.model, self.optimizer)
+        else:
+            state = ckpt_io.load_checkpoint(ckpt, self.model, self.optimizer)
+        missing = [k for k in ("best", "bad_evals") if k not in state]
+        if missing:
+            raise ckpt_io.DamagedCheckpoint(f"{Path(ckpt) / 'state.json'}: expected the trainer's keys {missing}, "
+                                            f"got only {sorted(state)}")
         self.step, self.best, self.bad_evals = state["step"], state["best"], state["bad_evals"]
         self.elapsed, self._saved_step = float(state.get("elapsed", 0.0)), self.step
         return True

@@ -5,7 +5,8 @@ decode-size call, where the attention itself is a few microseconds, and in a tin
     python benchmarks/dispatch.py --before before.json     # also show a run of older code (same script)
 
 Cases: B=1, H=8, N=1 (one decoding step), M=128, D=64, float32 and bfloat16, backend "auto"; the same
-call with the backend named; ``explain_backend`` (reasons built); and greedy decoding of 256 tokens with
+call with the backend named; ``explain_backend`` (reasons built); the C kernel on N=64 (its custom-op
+call overhead, where the CPU has it); and greedy decoding of 256 tokens with
 the "tiny" decoder-only preset (KV cache). Median of many repeats; the 2-core machine is shared with other
 jobs, so read ratios, not absolute values. Writes benchmarks/results/dispatch.{json,md}.
 """
@@ -72,6 +73,10 @@ def measure() -> dict:
                 lambda: selfattn.attention(q, k, v, causal=True, backend=chosen))
             rows[f"explain_backend, {name}"] = per_call_us(lambda: selfattn.explain_backend(q, k, v, causal=True),
                                                            calls=500)
+        q, k = torch.randn(1, 8, 64, 64, dtype=torch.bfloat16), torch.randn(1, 8, 128, 64, dtype=torch.bfloat16)
+        if selfattn.explain_backend(q, k, k, causal=True).chosen == "cpu_bf16":  # the C kernel's call overhead
+            rows["attention auto = 'cpu_bf16', bfloat16, N=64"] = per_call_us(
+                lambda: selfattn.attention(q, k, k, causal=True), calls=200)
         cfg = selfattn.models.config.preset("tiny", kind="decoder", num_encoder_layers=0, max_len=512,
                                             dropout=0.0, pad_id=None)
         torch.manual_seed(0)

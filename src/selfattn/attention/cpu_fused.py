@@ -197,7 +197,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _dlse):  # lse is an internal statistic: no gradient flows through it
     q, k, v, out, lse, kpm, slopes = ctx.saved_tensors
-    dq, dk, dv = cpu_fused_bwd_op(q, k, v, out, lse, dout.contiguous(), kpm, slopes, *ctx.args)
+    dq, dk, dv = cpu_fused_bwd_op(q, k, v, out, lse, dout, kpm, slopes, *ctx.args)
     return dq, dk, dv, None, None, None, None, None
 
 

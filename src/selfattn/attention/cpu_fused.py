@@ -213,8 +213,11 @@ def _attention(name: str, q: Tensor, k: Tensor, v: Tensor, mask, causal, scale, 
             cpu_kernel.kernel(_VARIANT[q.dtype])
         except cpu_kernel.KernelUnavailable as exc:
             raise BackendUnavailable(str(exc)) from None
-    left, right = _sides(bool(causal), window)
     slopes = None if alibi_slopes is None else alibi_slopes.detach()  # fixed per head: no gradient
+    if not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+        # eager and no gradient: the same C forward without the operator's dispatch (measured ~30-45 us a call)
+        return cpu_fused_forward(q, k, v, kpm, slopes, scale, bool(causal), window)[0], None
+    left, right = _sides(bool(causal), window)
     out, _ = cpu_fused_fwd_op(q, k, v, kpm, slopes, scale, -1 if left is None else left, -1 if right is None else right)
     return out, None
 

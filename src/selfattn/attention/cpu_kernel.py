@@ -2,9 +2,10 @@
 
 The kernel is plain C with AVX-512 intrinsics and OpenMP, compiled in two variants: ``"bf16"``
 (bfloat16 operands on the AVX-512 BF16 dot-product units) and ``"f32"`` (float32 operands, FMAs;
-AVX-512F). A variant is built with the system's C compiler (about a second; ``selfattn build-kernels``
-does it ahead of time) and called through ctypes: no PyTorch headers (a ``torch.utils.cpp_extension``
-build of the same kernel takes far longer, see :data:`BUILD_NOTE`), no build step at install time. It
+AVX-512F). A variant is built with the system's C compiler (seconds; ``selfattn build-kernels``
+does it ahead of time) and called through ctypes: no PyTorch headers (``torch.utils.cpp_extension``
+was measured ~40x slower to build, see :data:`BUILD_NOTE`; the lock and per-configuration directories
+it would bring are done here with ``filelock``), no build step at install time. It
 links libgomp by soname, so inside a PyTorch process it shares PyTorch's OpenMP runtime.
 
 The build, safe under concurrency:
@@ -55,9 +56,9 @@ REQUIRED_FLAGS = {  # variant -> /proc/cpuinfo flags the built code needs
     "bf16": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "fma"),
     "f32": ("avx512f", "fma"),
 }
-BUILD_NOTE = ("measured on a 2-core AMD EPYC (shared): gcc + ctypes builds a variant in ~1 s; "
-              "torch.utils.cpp_extension.load of the same C source wrapped as a torch extension "
-              "(torch/extension.h, ninja) in ~40 s — see benchmarks/results/kernel_build.md")
+BUILD_NOTE = ("benchmarks/kernel_build.py, 2 shared cores (load average ~15): a cold gcc + ctypes build took "
+              "5.0 s (bf16) / 3.8 s (f32); torch.utils.cpp_extension.load_inline of a one-operator "
+              "TORCH_LIBRARY stub alone (torch headers, ninja), without the kernel, 198 s")
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_reason(variant: str) -> str | None:
+    """Why this machine's CPU cannot run a variant, or None (the CPU does not change: cached)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"the C kernel is written for x86-64 with AVX-512; this machine is {platform.machine()}"
     missing = [f for f in REQUIRED_FLAGS[variant] if f not in _cpu_flags()]
@@ -109,8 +112,17 @@ def _digest(variant: str, cc: str) -> str:
 
 def library_path(variant: str, cc: str | None = None) -> Path:
     """Where this configuration's library lives (whether built yet or not)."""
-    cc = cc or compiler()
+    return _library_path(variant, cc or compiler(), os.environ.get("SELFATTN_CACHE"))
+
+
+@functools.lru_cache(maxsize=64)
+def _library_path(variant: str, cc: str, cache: str | None) -> Path:  # on every call: keep it a lookup
     return cache_dir() / f"flash_cpu-{variant}-{_digest(variant, cc)}" / "flash_cpu.so"
+
+
+@functools.lru_cache(maxsize=64)
+def _on_path(cc: str, path_env: str | None) -> bool:
+    return shutil.which(cc) is not None
 
 
 def _lock_timeout() -> float:
@@ -197,7 +209,7 @@ def unavailable_reason(variant: str) -> str | None:
     path = library_path(variant)
     if path in _FAILED:
         return _FAILED[path]
-    if path not in _LOADED and not path.exists() and shutil.which(compiler()) is None:
+    if path not in _LOADED and not _on_path(compiler(), os.environ.get("PATH")) and not path.exists():
         return f"no C compiler {compiler()!r} on PATH (set CC) to build the {variant} attention kernel"
     return None
 

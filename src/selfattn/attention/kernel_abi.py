@@ -64,18 +64,24 @@ _CTYPES = {"elem": ctypes.c_void_p, "f32": ctypes.c_void_p, "u8": ctypes.c_void_
            "float": ctypes.c_float, "int": ctypes.c_int}
 ABI = {"bf16": torch.bfloat16, "f32": torch.float32}  # variant -> operand dtype ("elem")
 _DTYPES = {"f32": torch.float32, "u8": torch.uint8}
+_NAMES = {id(t): frozenset(a.name for a in t) for t in (FORWARD, BACKWARD)}  # table -> its argument names
 
 
 def _check_dims(s: Dims, qb: int, kb: int) -> None:
-    rules = [("n_pad", s["n_pad"] % qb == 0 and s["n_pad"] >= s["n"], f"a multiple of {qb} >= n={s['n']}"),
-             ("m_pad", s["m_pad"] % kb == 0 and s["m_pad"] >= s["m"], f"a multiple of {kb} >= m={s['m']}"),
-             ("d", s["d"] % 32 == 0 and s["d"] > 0, "a positive multiple of 32"),
-             ("e", s["e"] % 32 == 0 and s["e"] > 0, "a positive multiple of 32"),
-             ("h", s["g"] > 0 and s["h"] % s["g"] == 0, f"a multiple of g={s['g']}"),
-             ("kpm_bstride", s["kpm_bstride"] in (0, s["m_pad"]), f"0 or m_pad={s['m_pad']}")]
-    for name, ok, expected in rules:
-        if not ok:
-            raise ValueError(f"kernel argument {name}: expected {expected}, got {s[name]}")
+    def bad(name: str, expected: str):
+        raise ValueError(f"kernel argument {name}: expected {expected}, got {s[name]}")
+
+    if s["n_pad"] % qb or s["n_pad"] < s["n"]:
+        bad("n_pad", f"a multiple of {qb} >= n={s['n']}")
+    if s["m_pad"] % kb or s["m_pad"] < s["m"]:
+        bad("m_pad", f"a multiple of {kb} >= m={s['m']}")
+    for name in ("d", "e"):
+        if s[name] % 32 or s[name] <= 0:
+            bad(name, "a positive multiple of 32")
+    if s["g"] <= 0 or s["h"] % s["g"]:
+        bad("h", f"a multiple of g={s['g']}")
+    if s["kpm_bstride"] not in (0, s["m_pad"]):
+        bad("kpm_bstride", f"0 or m_pad={s['m_pad']}")
 
 
 def _pointer(arg: Arg, t: Tensor | None, elem: torch.dtype, dims: Dims) -> int:
@@ -85,7 +91,7 @@ def _pointer(arg: Arg, t: Tensor | None, elem: torch.dtype, dims: Dims) -> int:
         return 0
     dtype = elem if arg.kind == "elem" else _DTYPES[arg.kind]
     want = arg.numel(dims)
-    if not isinstance(t, Tensor) or t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous():
+    if not isinstance(t, Tensor) or t.dtype != dtype or t.is_cuda or not t.is_contiguous() or t.device.type != "cpu":
         got = f"{t.dtype} on {t.device}, contiguous={t.is_contiguous()}" if isinstance(t, Tensor) else type(t)
         raise ValueError(f"kernel argument {arg.name}: expected a contiguous CPU {dtype} tensor, got {got}")
     if t.numel() != want:
@@ -115,8 +121,8 @@ class Kernel:
         _bind(self.lib.selfattn_flash_bwd, BACKWARD)
 
     def _call(self, fn, table: list[Arg], kwargs: dict) -> None:
-        names = [a.name for a in table]
-        if set(kwargs) != set(names):
+        if kwargs.keys() != _NAMES[id(table)]:
+            names = [a.name for a in table]
             missing, extra = sorted(set(names) - set(kwargs)), sorted(set(kwargs) - set(names))
             raise ValueError(f"kernel call: expected the arguments {names}; missing {missing}, unexpected {extra}")
         dims = {a.name: int(kwargs[a.name]) for a in table if a.numel is None and a.kind != "float"}

@@ -79,7 +79,7 @@ def measure() -> dict:
                     lambda: selfattn.BACKENDS.decide(validate_call(q, k, v, mask=None, causal=True, scale=None,
                                                                    dropout_p=0.0, window=None, alibi_slopes=None,
                                                                    return_weights=False), "auto"))
-                rows[f"dispatch only: validate_call + the uncached walk (the old per-call cost), {name}"] = (
+                rows[f"dispatch only: validate_call + the uncached walk with reasons (explain), {name}"] = (
                     per_call_us(lambda: selfattn.BACKENDS.explain(validate_call(
                         q, k, v, mask=None, causal=True, scale=None, dropout_p=0.0, window=None, alibi_slopes=None,
                         return_weights=False), "auto"), calls=500))

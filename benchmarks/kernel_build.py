@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +67,9 @@ def main() -> None:
         rows[f"torch.utils.cpp_extension: failed ({type(exc).__name__}: {str(exc)[:200]})"] = float("nan")
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "flags": " ".join(sorted(f for f in cpu_kernel.cpu_flags() if f.startswith(("avx", "fma")))),
+                          "gcc": subprocess.run([cpu_kernel.compiler(), "--version"], capture_output=True,
+                                                text=True).stdout.split("\n")[0],
                           "torch": torch.__version__, "python": platform.python_version(),
                           "load_average": [round(x, 2) for x in os.getloadavg()],
                           "note": "2 shared cores, other jobs running: medians of cold builds"},

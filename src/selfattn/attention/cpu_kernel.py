@@ -56,9 +56,9 @@ REQUIRED_FLAGS = {  # variant -> /proc/cpuinfo flags the built code needs
     "bf16": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "fma"),
     "f32": ("avx512f", "fma"),
 }
-BUILD_NOTE = ("benchmarks/kernel_build.py, 2 shared cores (load average ~15): a cold gcc + ctypes build took "
-              "5.0 s (bf16) / 3.8 s (f32); torch.utils.cpp_extension.load_inline of a one-operator "
-              "TORCH_LIBRARY stub alone (torch headers, ninja), without the kernel, 198 s")
+BUILD_NOTE = ("benchmarks/kernel_build.py, 2 shared cores (load average ~15-19): a cold gcc + ctypes build took "
+              "5.1 s (bf16) / 5.5 s (f32); torch.utils.cpp_extension.load_inline of a one-operator "
+              "TORCH_LIBRARY stub alone (torch headers, ninja), without the kernel, 221 s")
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from selfattn.attention.flash import AUTO_MIN_SCORES, AUTO_SDPA_PAIR_RATE, DEFAU
 
 
 @pytest.fixture(autouse=True)
-def without_c_kernels(monkeypatch):
-    for name in ("cpu_bf16", "cpu_f32"):
-        monkeypatch.delitem(BACKENDS, name)
+def without_c_kernels():
+    with BACKENDS.temporarily(remove=("cpu_bf16", "cpu_f32")):
+        yield
 
 
 def _qkv(n, m=None):

@@ -174,7 +174,7 @@ def test_bad_requests_raise_value_errors():
 
 def test_model_keeps_its_backend_and_never_asks_for_weights():
     """A spy backend serves the model: capture must not request weights from it (no O(N²) path)."""
-    from selfattn.attention import BACKENDS, register_backend
+    from selfattn.attention import BACKENDS, Backend
 
     calls = []
 
@@ -182,14 +182,11 @@ def test_model_keeps_its_backend_and_never_asks_for_weights():
         calls.append(kw["return_weights"])
         return math_attention(q, k, v, **kw)
 
-    register_backend("spy-capture-test", spy, lambda call: None, priority=10**6)
-    try:
+    with BACKENDS.temporarily(add=(Backend("spy-capture-test", spy, lambda call: None, priority=10**6),)):
         cfg = preset("tiny", num_encoder_layers=3, attention_backend="spy-capture-test")
         model = build_model(cfg).eval()
         src, tgt = _tokens(1, 6, cfg.vocab_size), _tokens(1, 4, cfg.vocab_size, seed=3)
         got = capture_attention(model, (src, tgt), kind="cross", layers=[1], heads=[2])
-    finally:
-        BACKENDS.pop("spy-capture-test")
     assert got.weights.shape == (1, 1, 1, 4, 6)
     assert len(calls) >= 3 + 2 and not any(calls)  # 3 encoder layers, decoder layers 0-1 ran; none asked for weights
 

@@ -1,7 +1,7 @@
 """Scaled dot-product attention and its backends.
 
 ``attention(q, k, v, ...)`` is the one entry point; backends register themselves in
-:data:`BACKENDS`. Mask convention everywhere: boolean True = may attend; ``causal`` is
+:data:`BACKENDS` (a :class:`Registry`, which decides once per call signature). Mask convention everywhere: boolean True = may attend; ``causal`` is
 bottom-right aligned (query i may attend key j when j <= i + Nk - Nq).
 """
 
@@ -10,6 +10,8 @@ from .registry import (
     BACKENDS,
     Backend,
     BackendChoice,
+    BackendUnavailable,
+    Registry,
     attention,
     explain_backend,
     register_backend,
@@ -44,6 +46,6 @@ register_backend("triton", triton_attention, triton_supports, priority=20,
                  description="fused FlashAttention-2 Triton kernel for CUDA (fp16/bf16), forward and backward")
 
 __all__ = [
-    "AttentionCall", "BACKENDS", "Backend", "BackendChoice", "alibi_bias", "attention",
+    "AttentionCall", "BACKENDS", "Backend", "BackendChoice", "BackendUnavailable", "Registry", "alibi_bias", "attention",
     "explain_backend", "flash_attention", "math_attention", "register_backend", "structural_mask", "torch_attention",
 ]

@@ -16,7 +16,6 @@ Mask convention: boolean True = may attend; only key padding (B|1, 1, 1, Nk) bes
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +24,8 @@ from torch import Tensor
 
 from . import cpu_kernel
 from .flash import _sides
+from .kernel_abi import Kernel
+from .registry import BackendUnavailable
 from .spec import AttentionCall, key_padding_kernel_declines, key_padding_rows
 
 _UNLIMITED = 1 << 40  # a window side of None
@@ -64,7 +65,7 @@ class _Plan:
     """What forward and backward both need: the kernel build, its blocks and the padded sizes."""
 
     variant: str  # "bf16" | "f32"
-    lib: ctypes.CDLL
+    kernel: Kernel  # the loaded build, called by keyword (kernel_abi checks every argument)
     w: int  # values per pair
     qb: int  # query rows per block
     kb: int  # keys per block
@@ -114,12 +115,10 @@ def cpu_fused_forward(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slope
     slopes = _slopes(slopes)
     out = torch.empty(b, h, p.n_pad, p.e2, dtype=q.dtype)
     lse = torch.empty(b, h, p.n_pad, dtype=torch.float32)
-    rc = p.lib.selfattn_flash_fwd(
-        qp.data_ptr(), kp.data_ptr(), vp.data_ptr(), _ptr(allowed), _batch_stride(allowed, p.m_pad),
-        _ptr(whole), _ptr(slopes), out.data_ptr(), lse.data_ptr(), b, h, g, n, m, p.n_pad, p.m_pad,
-        p.d2, p.e2, scale, *_window_sides(causal, window), torch.get_num_threads())
-    if rc != 0:
-        raise MemoryError(f"the {p.variant} attention kernel could not allocate its scratch buffers")
+    left, right = _window_sides(causal, window)
+    p.kernel.forward(q=qp, kp=kp, vp=vp, kpm=allowed, kpm_bstride=_batch_stride(allowed, p.m_pad), kpm_all=whole,
+                     slopes=slopes, out=out, lse=lse, b=b, h=h, g=g, n=n, m=m, n_pad=p.n_pad, m_pad=p.m_pad,
+                     d=p.d2, e=p.e2, scale=scale, left=left, right=right, nthreads=torch.get_num_threads())
     return out[:, :, :n, :e], lse[:, :, :n]  # (b, h, n, e), (b, h, n)
 
 
@@ -142,46 +141,85 @@ def cpu_fused_backward(q, k, v, out, lse, dout, kpm, slopes, scale, causal, wind
     slopes = _slopes(slopes)
     dq = torch.zeros(b, h, p.n_pad, p.d2)
     dk, dv = torch.empty(b, g, p.m_pad, p.d2), torch.empty(b, g, p.m_pad, p.e2)
-    rc = p.lib.selfattn_flash_bwd(
-        qp.data_ptr(), qt.data_ptr(), kp.data_ptr(), kvp.data_ptr(), vtp.data_ptr(), dop.data_ptr(),
-        dot.data_ptr(), lse2.data_ptr(), delta.data_ptr(), _ptr(allowed), _batch_stride(allowed, p.m_pad),
-        _ptr(whole), _ptr(slopes), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), b, h, g, n, m, p.n_pad,
-        p.m_pad, p.d2, p.e2, scale, *_window_sides(causal, window), torch.get_num_threads())
-    if rc != 0:
-        raise MemoryError(f"the {p.variant} attention kernel could not allocate its scratch buffers")
+    left, right = _window_sides(causal, window)
+    p.kernel.backward(q=qp, qt=qt, kp=kp, kvp=kvp, vtp=vtp, dout=dop, dot=dot, lse2=lse2, delta=delta, kpm=allowed,
+                      kpm_bstride=_batch_stride(allowed, p.m_pad), kpm_all=whole, slopes=slopes, dq=dq, dk=dk,
+                      dv=dv, b=b, h=h, g=g, n=n, m=m, n_pad=p.n_pad, m_pad=p.m_pad, d=p.d2, e=p.e2, scale=scale,
+                      left=left, right=right, nthreads=torch.get_num_threads())
     return dq[:, :, :n, :d], dk[:, :, :m, :d], dv[:, :, :m, :e]
-
-
-def _ptr(t: Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
 
 
 def _batch_stride(allowed: Tensor | None, m_pad: int) -> int:
     return 0 if allowed is None or allowed.shape[0] == 1 else m_pad
 
 
-class CpuFusedFunction(torch.autograd.Function):
-    """Fused C forward and backward; saves q, k, v, out and the per-row lse (O(N) memory)."""
+# The kernel as PyTorch custom operators (torch.library): torch.compile and torch.export keep them as
+# single nodes, the fake implementations give their output shapes without running C, and autograd
+# is registered on the forward op. Window sides arrive resolved (causal folded in); -1 = unlimited.
+def _window(left: int, right: int) -> tuple[int | None, int | None]:
+    return (None if left < 0 else left), (None if right < 0 else right)
 
-    @staticmethod
-    def forward(ctx, q, k, v, kpm, slopes, scale, causal, window):
-        out, lse = cpu_fused_forward(q, k, v, kpm, slopes, scale, causal, window)
-        ctx.save_for_backward(q, k, v, out, lse, kpm, slopes)
-        ctx.args = (scale, causal, window)
-        return out
 
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, out, lse, kpm, slopes = ctx.saved_tensors
-        dq, dk, dv = cpu_fused_backward(q, k, v, out, lse, dout, kpm, slopes, *ctx.args)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+@torch.library.custom_op("selfattn::cpu_fused_fwd", mutates_args=(), device_types="cpu")
+def cpu_fused_fwd_op(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slopes: Tensor | None, scale: float,
+                     left: int, right: int) -> tuple[Tensor, Tensor]:
+    """out (b, h, n, e) in q's dtype and lse (b, h, n) float32 of :func:`cpu_fused_forward`."""
+    return cpu_fused_forward(q, k, v, kpm, slopes, scale, False, _window(left, right))
+
+
+@cpu_fused_fwd_op.register_fake
+def _(q, k, v, kpm, slopes, scale, left, right):
+    (b, h, n, _), e = q.shape, v.shape[3]
+    n_pad, e2 = _round_up(n, cpu_kernel.BLOCKS[0]), _round_up(e, 32)  # the real op returns views of these
+    out = q.new_empty(b, h, n_pad, e2)[:, :, :n, :e]  # (b, h, n, e)
+    return out, q.new_empty(b, h, n_pad, dtype=torch.float32)[:, :, :n]  # (b, h, n)
+
+
+@torch.library.custom_op("selfattn::cpu_fused_bwd", mutates_args=(), device_types="cpu")
+def cpu_fused_bwd_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, kpm: Tensor | None,
+                     slopes: Tensor | None, scale: float, left: int, right: int) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv in the inputs' dtypes of :func:`cpu_fused_backward`."""
+    dq, dk, dv = cpu_fused_backward(q, k, v, out, lse, dout, kpm, slopes, scale, False, _window(left, right))
+    return dq.to(q.dtype).contiguous(), dk.to(k.dtype).contiguous(), dv.to(v.dtype).contiguous()
+
+
+@cpu_fused_bwd_op.register_fake
+def _(q, k, v, out, lse, dout, kpm, slopes, scale, left, right):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, kpm, slopes, scale, left, right = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, kpm, slopes)
+    ctx.args = (scale, left, right)
+
+
+def _backward(ctx, dout, _dlse):  # lse is an internal statistic: no gradient flows through it
+    q, k, v, out, lse, kpm, slopes = ctx.saved_tensors
+    dq, dk, dv = cpu_fused_bwd_op(q, k, v, out, lse, dout, kpm, slopes, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None
+
+
+cpu_fused_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _attention(name: str, q: Tensor, k: Tensor, v: Tensor, mask, causal, scale, dropout_p, window,
                alibi_slopes, return_weights) -> tuple[Tensor, None]:
     kpm = key_padding_rows(name, mask, k.shape[2], dropout_p, return_weights)  # (b|1, m), True = may attend
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return CpuFusedFunction.apply(q, k, v, kpm, alibi_slopes, scale, bool(causal), window), None
+    if not torch.compiler.is_compiling():  # build (or fail to) before any work; "auto" then falls back
+        try:
+            cpu_kernel.kernel(_VARIANT[q.dtype])
+        except cpu_kernel.KernelUnavailable as exc:
+            raise BackendUnavailable(str(exc)) from None
+    slopes = None if alibi_slopes is None else alibi_slopes.detach()  # fixed per head: no gradient
+    if not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+        # eager and no gradient: the same C forward without the operator's dispatch (measured ~30-45 us a call)
+        return cpu_fused_forward(q, k, v, kpm, slopes, scale, bool(causal), window)[0], None
+    left, right = _sides(bool(causal), window)
+    out, _ = cpu_fused_fwd_op(q, k, v, kpm, slopes, scale, -1 if left is None else left, -1 if right is None else right)
+    return out, None
 
 
 def cpu_bf16_attention(
@@ -212,7 +250,7 @@ def _supports(call: AttentionCall, name: str, dtype: torch.dtype) -> str | None:
     if call.device_type != "cpu":
         return f"only for CPU tensors (got {call.device_type})"
     why = key_padding_kernel_declines(call, name)
-    return why if why is not None else cpu_kernel.kernel_unavailable(_VARIANT[dtype])
+    return why if why is not None else cpu_kernel.unavailable_reason(_VARIANT[dtype])  # pure: never compiles
 
 
 def cpu_bf16_supports(call: AttentionCall) -> str | None:
@@ -237,7 +275,7 @@ AUTO_F32_PLAIN_FORWARD_MIN_SCORES = 4096 * 4096  # below: SDPA for mask-free flo
 
 def _short(call: AttentionCall, variant: str) -> str | None:
     if call.q_len < AUTO_MIN_QUERIES:
-        return (f"{call.q_len} queries fill a fraction of the kernel's {cpu_kernel.block_sizes(variant)[0]}-row "
+        return (f"{call.q_len} queries fill a fraction of the kernel's {cpu_kernel.BLOCKS[0]}-row "
                 f"query block; SDPA is faster below {AUTO_MIN_QUERIES} queries (measured)")
     return None
 
@@ -259,6 +297,6 @@ def cpu_f32_auto_declines(call: AttentionCall) -> str | None:
     return None
 
 
-__all__ = ["AUTO_F32_PLAIN_FORWARD_MIN_SCORES", "AUTO_MIN_QUERIES", "CpuFusedFunction", "cpu_bf16_attention",
+__all__ = ["AUTO_F32_PLAIN_FORWARD_MIN_SCORES", "AUTO_MIN_QUERIES", "cpu_bf16_attention", "cpu_fused_bwd_op", "cpu_fused_fwd_op",
            "cpu_bf16_auto_declines", "cpu_bf16_supports", "cpu_f32_attention", "cpu_f32_auto_declines", "cpu_f32_supports",
            "cpu_fused_backward", "cpu_fused_forward"]

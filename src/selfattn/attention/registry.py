@@ -5,9 +5,16 @@ Every backend is a plain function with one signature::
     fn(q, k, v, *, mask, causal, scale, dropout_p, window, alibi_slopes, return_weights)
         -> (out (b, h, n, e), weights (b, h, n, m) or None)
 
-paired with ``supports(call) -> None | reason`` that says why it cannot serve a call.
-``"auto"`` walks the backends by descending priority and takes the first that can serve it;
-:func:`explain_backend` reports that choice and why each other backend was passed over.
+paired with ``supports(call) -> None | reason`` that says why it cannot serve a call. ``supports`` and
+``auto_declines`` must be pure functions of the :class:`AttentionCall` (no compiler runs, no files
+written): the registry decides **once per call signature** (the ``AttentionCall``: dtype, device, shapes,
+mask kind, flags — never tensor values) and reuses that decision on every later call, in every layer
+and decoding step. ``"auto"`` takes the backend of highest priority that supports the call and does not
+decline it; :func:`explain_backend` re-runs that walk uncached and builds every reason string.
+
+A backend whose function finds at run time that it cannot serve the call after all (the C kernel's
+first build failed) raises :class:`BackendUnavailable`; an ``"auto"`` call then forgets its decisions
+and decides again (the backend's ``supports`` now says why not).
 
 Mask convention: boolean True = may attend; floating = additive bias. ``causal`` is
 bottom-right aligned: query i may attend key j when j <= i + (Nk - Nq).
@@ -15,9 +22,13 @@ bottom-right aligned: query i may attend key j when j <= i + (Nk - Nq).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+import torch
 from torch import Tensor
 
 from .spec import AttentionCall, validate_call
@@ -31,6 +42,10 @@ class AttentionFn(Protocol):
     ) -> tuple[Tensor, Tensor | None]: ...
 
 
+class BackendUnavailable(RuntimeError):
+    """Raised by a backend function, before computing anything, when it cannot run after all."""
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -41,22 +56,6 @@ class Backend:
     # Only for "auto": why not to pick this backend although it could serve the call (e.g. slower
     # there); a backend named explicitly ignores it. None = "auto" uses it whenever it can.
     auto_declines: Callable[[AttentionCall], str | None] | None = None
-
-
-BACKENDS: dict[str, Backend] = {}
-
-
-def register_backend(
-    name: str,
-    fn: AttentionFn,
-    supports: Callable[[AttentionCall], str | None],
-    *,
-    priority: int,
-    description: str = "",
-    auto_declines: Callable[[AttentionCall], str | None] | None = None,
-) -> None:
-    """Add (or replace) a backend. Later issues plug flash, triton, ... in here."""
-    BACKENDS[name] = Backend(name, fn, supports, priority, description, auto_declines)
 
 
 @dataclass
@@ -72,32 +71,134 @@ class BackendChoice:
         return "\n".join(lines)
 
 
-def _choose(call: AttentionCall, backend: str) -> BackendChoice:
-    if backend != "auto" and backend not in BACKENDS:
-        known = ", ".join(["auto", *sorted(BACKENDS)])
-        raise ValueError(f"unknown attention backend {backend!r}; expected one of: {known}")
-    if backend != "auto":
-        why = BACKENDS[backend].supports(call)
-        if why is not None:
-            raise ValueError(f"attention backend {backend!r} cannot serve this call: {why}")
-        return BackendChoice(backend, {n: "not requested (backend named explicitly)"
-                                       for n in BACKENDS if n != backend})
-    reasons: dict[str, str] = {}
-    chosen = None
-    for b in sorted(BACKENDS.values(), key=lambda b: -b.priority):
-        if chosen is not None:
-            reasons[b.name] = f"lower priority than {chosen!r}"
-            continue
-        why = b.supports(call)
-        if why is None and b.auto_declines is not None:
-            why = b.auto_declines(call)
-        if why is None:
-            chosen = b.name
+def _declines(b: Backend, call: AttentionCall) -> str | None:
+    why = b.supports(call)
+    if why is None and b.auto_declines is not None:
+        why = b.auto_declines(call)
+    return why
+
+
+class Registry(Mapping[str, Backend]):
+    """Backends by name (read like a dict) and the decisions made for each call signature."""
+
+    MAX_DECISIONS = 4096  # distinct signatures kept; decoding adds one per step length, so bounded
+
+    def __init__(self) -> None:
+        self._backends: dict[str, Backend] = {}
+        self._by_priority: tuple[Backend, ...] = ()
+        self._decisions: dict[tuple[AttentionCall, str], str | BaseException] = {}
+        self.hits = self.misses = 0
+
+    def __getitem__(self, name: str) -> Backend:
+        return self._backends[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._backends)
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def register(self, backend: Backend) -> None:
+        """Add (or replace) a backend; forgets every decision."""
+        self._backends[backend.name] = backend
+        self._changed()
+
+    def unregister(self, name: str) -> Backend:
+        backend = self._backends.pop(name)
+        self._changed()
+        return backend
+
+    def _changed(self) -> None:
+        self._by_priority = tuple(sorted(self._backends.values(), key=lambda b: -b.priority))
+        self.forget_decisions()
+
+    def forget_decisions(self) -> None:
+        """Drop the cached decisions (after something a ``supports`` reads has changed)."""
+        self._decisions.clear()
+
+    @contextlib.contextmanager
+    def temporarily(self, *, add: tuple[Backend, ...] = (), remove: tuple[str, ...] = ()):
+        """Within the block, ``add`` these backends and ``remove`` these names; then restore."""
+        saved = dict(self._backends)
+        try:
+            for name in remove:
+                self._backends.pop(name)
+            for backend in add:
+                self._backends[backend.name] = backend
+            self._changed()
+            yield self
+        finally:
+            self._backends = saved
+            self._changed()
+
+    def decide(self, call: AttentionCall, backend: str) -> str:
+        """The backend name serving ``call`` (cached per signature); ValueError if none can."""
+        key = (call, backend)
+        got = self._decisions.get(key)
+        if got is None:
+            self.misses += 1
+            try:
+                got = self._decide(call, backend)
+            except ValueError as exc:
+                got = exc
+            if len(self._decisions) >= self.MAX_DECISIONS:
+                del self._decisions[next(iter(self._decisions))]  # the oldest
+            self._decisions[key] = got
         else:
-            reasons[b.name] = why
-    if chosen is None:  # cannot happen while "math" is registered; kept for honest errors
-        raise ValueError(f"no attention backend can serve this call: {reasons}")
-    return BackendChoice(chosen, reasons)
+            self.hits += 1
+        if isinstance(got, BaseException):
+            raise ValueError(str(got))
+        return got
+
+    def _decide(self, call: AttentionCall, backend: str) -> str:
+        if backend != "auto":
+            return self.explain(call, backend).chosen  # rare: the error needs its reason anyway
+        for b in self._by_priority:
+            if _declines(b, call) is None:
+                return b.name
+        return self.explain(call, backend).chosen  # raises with every reason
+
+    def explain(self, call: AttentionCall, backend: str) -> BackendChoice:
+        """The decision for ``call`` made afresh (uncached), with every other backend's reason."""
+        if backend != "auto" and backend not in self._backends:
+            known = ", ".join(["auto", *sorted(self._backends)])
+            raise ValueError(f"unknown attention backend {backend!r}; expected one of: {known}")
+        if backend != "auto":
+            why = self._backends[backend].supports(call)
+            if why is not None:
+                raise ValueError(f"attention backend {backend!r} cannot serve this call: {why}")
+            return BackendChoice(backend, {n: "not requested (backend named explicitly)"
+                                           for n in self._backends if n != backend})
+        reasons: dict[str, str] = {}
+        chosen = None
+        for b in self._by_priority:
+            if chosen is not None:
+                reasons[b.name] = f"lower priority than {chosen!r}"
+                continue
+            why = _declines(b, call)
+            if why is None:
+                chosen = b.name
+            else:
+                reasons[b.name] = why
+        if chosen is None:  # cannot happen while "math" is registered; kept for honest errors
+            raise ValueError(f"no attention backend can serve this call: {reasons}")
+        return BackendChoice(chosen, reasons)
+
+
+BACKENDS = Registry()
+
+
+def register_backend(
+    name: str,
+    fn: AttentionFn,
+    supports: Callable[[AttentionCall], str | None],
+    *,
+    priority: int,
+    description: str = "",
+    auto_declines: Callable[[AttentionCall], str | None] | None = None,
+) -> None:
+    """Add (or replace) a backend in :data:`BACKENDS`."""
+    BACKENDS.register(Backend(name, fn, supports, priority, description, auto_declines))
 
 
 def explain_backend(
@@ -108,7 +209,21 @@ def explain_backend(
     """Tell which backend :func:`attention` would use for these arguments, and why not the others."""
     call = validate_call(q, k, v, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p,
                          window=window, alibi_slopes=alibi_slopes, return_weights=return_weights)
-    return _choose(call, backend)
+    return BACKENDS.explain(call, backend)
+
+
+_CALL_FIELDS = tuple(f.name for f in dataclasses.fields(AttentionCall))
+
+
+@torch.compiler.assume_constant_result
+def _decided_constant(backend: str, *fields) -> str:
+    return BACKENDS.decide(AttentionCall(*fields), backend)
+
+
+def _decide_while_tracing(call: AttentionCall, backend: str) -> str:
+    """Under torch.compile/export: the decision runs once at trace time and enters the graph as a
+    constant (Dynamo neither traces the backends' ``supports`` nor breaks the graph for it)."""
+    return _decided_constant(backend, *(getattr(call, f) for f in _CALL_FIELDS))
 
 
 def attention(
@@ -150,9 +265,16 @@ def attention(
     """
     call = validate_call(q, k, v, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p,
                          window=window, alibi_slopes=alibi_slopes, return_weights=return_weights)
-    chosen = _choose(call, backend).chosen
-    out, weights = BACKENDS[chosen].fn(
-        q, k, v, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=call.window,
-        alibi_slopes=alibi_slopes, return_weights=return_weights,
-    )
+    kwargs = dict(mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=call.window,
+                  alibi_slopes=alibi_slopes, return_weights=return_weights)
+    if torch.compiler.is_compiling():  # decided at trace time, outside the graph, as a constant
+        out, weights = BACKENDS[_decide_while_tracing(call, backend)].fn(q, k, v, **kwargs)
+        return (out, weights) if return_weights else out
+    try:
+        out, weights = BACKENDS[BACKENDS.decide(call, backend)].fn(q, k, v, **kwargs)
+    except BackendUnavailable:
+        if backend != "auto":
+            raise
+        BACKENDS.forget_decisions()  # the backend's supports() now says why not
+        out, weights = BACKENDS[BACKENDS.decide(call, backend)].fn(q, k, v, **kwargs)
     return (out, weights) if return_weights else out

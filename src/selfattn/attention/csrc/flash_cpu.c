@@ -29,9 +29,14 @@
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+
+/* The calling convention of the entry points below; cpu_kernel.py refuses a library reporting another
+   (bump both together whenever an entry point's arguments or a layout change). */
+#define SELFATTN_KERNEL_VERSION 2
 
 #define QB 64
 #define KB 64
@@ -294,20 +299,17 @@ static void forward_task(const attn_args *a, int64_t bi, int64_t head, int64_t i
     }
 }
 
-static void forward_all(const attn_args *a, int nthreads, int *failed) {
+static void forward_all(const attn_args *a, int nthreads, atomic_int *failed) {
     const int64_t nqb = a->n_pad / QB, tasks = a->b * a->h * nqb;
 #pragma omp parallel num_threads(nthreads)
     {
         float *S = _mm_malloc(sizeof(float) * QB * KB, 64);
         elem_t *P = _mm_malloc(sizeof(elem_t) * QB * KB, 64);
         float *O = _mm_malloc(sizeof(float) * QB * a->e, 64);
-        if (!S || !P || !O) {
-#pragma omp atomic write
-            *failed = 1;
-        }
+        if (!S || !P || !O) atomic_store_explicit(failed, 1, memory_order_relaxed);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < tasks; t++) {
-            if (*failed) continue;
+            if (atomic_load_explicit(failed, memory_order_relaxed)) continue;
             int64_t bh = t / nqb;
             forward_task(a, bh / a->h, bh % a->h, (t % nqb) * QB, S, P, O);
         }
@@ -331,9 +333,9 @@ int selfattn_flash_fwd(const elem_t *q, const elem_t *kp, const elem_t *vp, cons
     a.slopes = slopes; a.out = out; a.lse = lse;
     a.b = b; a.h = h; a.g = g; a.n = n; a.m = m; a.n_pad = n_pad; a.m_pad = m_pad; a.d = d; a.e = e;
     a.scale = scale; a.scale2 = scale * LOG2E; a.left = left; a.right = right;
-    int failed = 0;
+    atomic_int failed = 0;
     forward_all(&a, nthreads, &failed);
-    return failed ? -1 : 0;
+    return atomic_load(&failed) ? -1 : 0;
 }
 
 /* ---------------------------------------------------------------- backward (FlashAttention-2)
@@ -450,7 +452,7 @@ static void bwd_task(const attn_args *a, bwd_scratch *w, int64_t bi, int64_t gi,
     }
 }
 
-static void backward_all(const attn_args *a, int nthreads, int *failed) {
+static void backward_all(const attn_args *a, int nthreads, atomic_int *failed) {
     const int64_t nkb = (a->m_pad + KB * KT - 1) / (KB * KT), tasks = a->b * a->g * nkb, d = a->d, e = a->e;
 #pragma omp parallel num_threads(nthreads)
     {
@@ -463,13 +465,11 @@ static void backward_all(const attn_args *a, int nthreads, int *failed) {
         w.PI = _mm_malloc(sizeof(elem_t) * QB * KB, 64);
         w.dSI = _mm_malloc(sizeof(elem_t) * QB * KB, 64);
         w.dSr = _mm_malloc(sizeof(elem_t) * QB * KB, 64);
-        if (!w.S || !w.dP || !w.dKT || !w.dVT || !w.dQl || !w.PI || !w.dSI || !w.dSr) {
-#pragma omp atomic write
-            *failed = 1;
-        }
+        if (!w.S || !w.dP || !w.dKT || !w.dVT || !w.dQl || !w.PI || !w.dSI || !w.dSr)
+            atomic_store_explicit(failed, 1, memory_order_relaxed);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < tasks; t++) {
-            if (*failed) continue;
+            if (atomic_load_explicit(failed, memory_order_relaxed)) continue;
             /* key block 0 first: under a causal mask the first key blocks have the most work */
             int64_t bg = t / nkb;
             bwd_task(a, &w, bg / a->g, bg % a->g, (t % nkb) * KB * KT);
@@ -499,12 +499,17 @@ int selfattn_flash_bwd(const elem_t *q, const elem_t *qt, const elem_t *kp, cons
     a.locks = malloc(sizeof(omp_lock_t) * nlocks);
     if (!a.locks) return -1;
     for (int64_t x = 0; x < nlocks; x++) omp_init_lock(a.locks + x);
-    int failed = 0;
+    atomic_int failed = 0;
     backward_all(&a, nthreads, &failed);
     for (int64_t x = 0; x < nlocks; x++) omp_destroy_lock(a.locks + x);
     free(a.locks);
-    return failed ? -1 : 0;
+    return atomic_load(&failed) ? -1 : 0;
 }
+
+/* Checked by cpu_kernel.py when it loads a library: the calling convention and the operand type. */
+int selfattn_kernel_version(void) { return SELFATTN_KERNEL_VERSION; }
+
+int selfattn_elem_bytes(void) { return (int)sizeof(elem_t); }
 
 int selfattn_block_sizes(int64_t *qb, int64_t *kb) {
     *qb = QB;

@@ -12,6 +12,7 @@ examples:
   echo "Ein Mann fährt Fahrrad." | selfattn translate --checkpoint runs/m30k
   selfattn translate --checkpoint runs/m30k --beam 5 --average-last 3 < test.de > test.hyp.en
   selfattn translate --checkpoint runs/m30k --beam 4 --nbest 4 < in.de     # "i ||| text ||| score" lines
+  selfattn translate --checkpoint runs/m30k --int8 < test.de > test.hyp.en   # int8 linear layers (CPU)
 
 Sentences are translated in length-sorted batches (--batch-tokens source pieces each) and written in
 input order. Scores are log-probabilities divided by the GNMT length penalty ((5+L)/6)^alpha."""
@@ -19,10 +20,12 @@ input order. Scores are log-probabilities divided by the GNMT length penalty ((5
 
 def run(args) -> int:
     from ..translation import DecodeConfig, load_translation_run, translate
+    from ..translation.cli_args import prepare_model
     from . import CLIError
 
     cfg = DecodeConfig(beam=args.beam, nbest=args.nbest, alpha=args.alpha, batch_tokens=args.batch_tokens)
     model, sp, _ = load_translation_run(args.checkpoint, step=args.step, average_last=args.average_last)
+    model = prepare_model(model, args)
     stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
     try:
         lines = [line.strip() for line in stream]
@@ -57,4 +60,7 @@ def register(sub) -> None:
     p.add_argument("--step", type=int, help="use this checkpoint step (default: the latest)")
     p.add_argument("--batch-tokens", type=int, default=2048, help="source pieces per batch (default 2048)")
     p.add_argument("--input", metavar="FILE", help="read FILE instead of stdin")
+    from ..translation.cli_args import add_speed_arguments
+
+    add_speed_arguments(p)
     p.set_defaults(func=run)

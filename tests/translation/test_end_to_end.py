@@ -54,3 +54,8 @@ def test_train_translate_evaluate(tmp_path, capsys, one_thread):
     assert out[0].startswith("BLEU ") and "case:mixed|eff:no|tok:13a" in out[0] and "case:lc" in out[1]
     result = json.loads(out[-1])
     assert result["sentences"] == 8 and 0.0 <= result["bleu"] <= 100.0
+
+    rc = main(["evaluate", "--checkpoint", str(run), "--split", "test", "--beam", "2", "--int8"])
+    assert rc == 0
+    quantized = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert quantized["int8"] and quantized["sentences"] == 8 and 0.0 <= quantized["bleu"] <= 100.0

@@ -55,6 +55,10 @@ def test_train_translate_evaluate(tmp_path, capsys, one_thread):
     result = json.loads(out[-1])
     assert result["sentences"] == 8 and 0.0 <= result["bleu"] <= 100.0
 
+    rc = main(["evaluate", "--checkpoint", str(run), "--split", "test", "--beam", "2", "--int8"])
+    assert rc == 0
+    quantized = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert quantized["int8"] and quantized["sentences"] == 8 and 0.0 <= quantized["bleu"] <= 100.0
     # a damaged newest checkpoint: translate falls back to the newest intact one and says so on stderr
     (run / "checkpoints" / "step_00000016" / "rng.safetensors").write_bytes(b"\0" * 5)
     rc = main(["translate", "--checkpoint", str(run), "--beam", "1", "--input", str(tmp_path / "in.de")])

@@ -221,9 +221,16 @@ def _decided_constant(backend: str, *fields) -> str:
 
 
 def _decide_while_tracing(call: AttentionCall, backend: str) -> str:
-    """Under torch.compile/export: the decision runs once at trace time and enters the graph as a
-    constant (Dynamo neither traces the backends' ``supports`` nor breaks the graph for it)."""
-    return _decided_constant(backend, *(getattr(call, f) for f in _CALL_FIELDS))
+    """Under torch.compile/export: a named backend is used as named (eager calls have checked it), and
+    "auto" is decided once at trace time and enters the graph as a constant (Dynamo neither traces the
+    backends' ``supports`` nor breaks the graph for it). With dynamic (symbolic) sizes the size-dependent
+    policy cannot run, so "auto" takes SDPA (``torch``), or ``math`` when the weights are asked for."""
+    if backend != "auto":
+        return backend
+    fields = [getattr(call, f) for f in _CALL_FIELDS]
+    if any(isinstance(x, torch.SymInt) for x in fields):
+        return "math" if call.return_weights else "torch"
+    return _decided_constant(backend, *fields)
 
 
 def attention(

@@ -76,6 +76,24 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty (default 0.6)")
     g.add_argument("--num-sentences", type=int, default=0, help="only the first N sentences (default all)")
     g.add_argument("--hyp-out", metavar="FILE", help="also write the translations to FILE")
+    add_speed_arguments(g)
+
+
+def add_speed_arguments(g) -> None:
+    """``--int8`` and ``--compile`` (see :func:`selfattn.generation.fast.for_inference`)."""
+    g.add_argument("--int8", action="store_true",
+                   help="int8 dynamic quantization of the linear layers (CPU; faster, BLEU may move slightly)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoder step (SDPA attention; the first batch pays the compile time)")
+
+
+def prepare_model(model, args):
+    """The model as ``--int8`` / ``--compile`` ask (unchanged when neither is given)."""
+    if not (getattr(args, "int8", False) or getattr(args, "compile", False)):
+        return model
+    from ..generation.fast import for_inference
+
+    return for_inference(model, int8=args.int8, compile=args.compile)
 
 
 def evaluate_run(args) -> int:
@@ -84,6 +102,7 @@ def evaluate_run(args) -> int:
 
     model, sp, config = load_translation_run(args.checkpoint, step=args.step, average_last=args.average_last,
                                              device=resolve_device(args.device))
+    model = prepare_model(model, args)
     spec = {k: v for k, v in config["task"].items() if k not in ("name", "subword")}
     cfg = TranslateConfig(**spec)
     corpus = read_parallel(*find_split(cfg.data, args.split, cfg.src, cfg.tgt), ReadConfig(empty="skip"))
@@ -102,9 +121,11 @@ def evaluate_run(args) -> int:
     print(f"BLEU-lc {s['bleu_lc']:.2f}  {s['signatures']['bleu_lc']}")
     print(f"chrF    {s['chrf']:.2f}  {s['signatures']['chrf']}")
     print(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, "beam": args.beam,
+                      "int8": bool(args.int8), "compile": bool(args.compile),
                       "bleu": s["bleu"], "bleu_lc": s["bleu_lc"], "chrf": s["chrf"],
                       "signatures": s["signatures"], "sentences": len(refs), "seconds": seconds}))
     return 0
 
 
-__all__ = ["add_evaluate_arguments", "add_train_arguments", "evaluate_run", "task_from_args"]
+__all__ = ["add_evaluate_arguments", "add_speed_arguments", "add_train_arguments", "evaluate_run", "prepare_model",
+           "task_from_args"]

@@ -12,6 +12,7 @@ examples:
   echo "Ein Mann fährt Fahrrad." | selfattn translate --checkpoint runs/m30k
   selfattn translate --checkpoint runs/m30k --beam 5 --average-last 3 < test.de > test.hyp.en
   selfattn translate --checkpoint runs/m30k --beam 4 --nbest 4 < in.de     # "i ||| text ||| score" lines
+  selfattn translate --checkpoint runs/m30k --int8 < test.de > test.hyp.en   # int8 linear layers (CPU)
 
 Sentences are translated in length-sorted batches (--batch-tokens source pieces each) and written in
 input order. Scores are log-probabilities divided by the GNMT length penalty ((5+L)/6)^alpha."""
@@ -22,12 +23,14 @@ def run(args) -> int:
     from ..translation.translate import translate_ids
     from ._device import resolve_device
     from ._inputs import cut, read_lines
+    from ._translation import prepare_model
 
     cfg = DecodeConfig(beam=args.beam, nbest=args.nbest, alpha=args.alpha, batch_tokens=args.batch_tokens)
     device = resolve_device(args.device)
     model, sp, _ = load_translation_run(args.checkpoint, step=args.step, average_last=args.average_last,
                                         device=device)
     lines = [line.strip() for line in read_lines(args.input)]
+    model = prepare_model(model, args)
     todo = [i for i, line in enumerate(lines) if line]  # empty lines translate to empty lines
     ids = cut("translate", sp.encode_batch([lines[i] for i in todo]) if todo else [],
               min(model.cfg.max_len, cfg.max_src_len), "sentence")
@@ -59,4 +62,7 @@ def register(sub) -> None:
     from ._device import add_device_argument
 
     add_device_argument(p)
+    from ._translation import add_speed_arguments
+
+    add_speed_arguments(p)
     p.set_defaults(func=run)

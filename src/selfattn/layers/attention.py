@@ -104,6 +104,12 @@ class MultiHeadAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, heads, self.head_dim).transpose(1, 2)  # (b, heads, n, d)
 
+    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of ``context`` (b, m, kv_dim): k, v (b, g, m, d) each."""
+        k = self._split(self.k_proj(context), self.num_kv_heads)  # (b, g, m, d)
+        v = self._split(self.v_proj(context), self.num_kv_heads)  # (b, g, m, d)
+        return k, v
+
     def forward(
         self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
         causal: bool = False, bias: Tensor | None = None, cache: KVCache | None = None,
@@ -121,8 +127,7 @@ class MultiHeadAttention(nn.Module):
             if cache is not None and cache.k is not None:
                 k, v = cache.k, cache.v
             else:
-                k = self._split(self.k_proj(context), self.num_kv_heads)  # (b, g, m, d)
-                v = self._split(self.v_proj(context), self.num_kv_heads)
+                k, v = self.project_kv(context)  # (b, g, m, d) each
                 if cache is not None:
                     cache.k, cache.v = k, v
         else:

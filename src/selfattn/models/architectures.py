@@ -2,7 +2,9 @@
 
 Legend: b batch, m source length, n target length, c model dim, V vocabulary.
 Padding masks passed to models are (b, length) booleans with **True = real token**; when none
-is given and ``cfg.pad_id`` is set, they are derived from the token ids.
+is given and ``cfg.pad_id`` is set, they are derived from the token ids — always, whether or not
+a row holds padding: the choice depends on the config, never on the data, so a forward has no host
+synchronisation and traces (torch.compile / torch.export) to one graph for every batch.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ def _padding(tokens: Tensor, given: Tensor | None, pad_id: int | None) -> Tensor
         return given
     if pad_id is None:
         return None
-    pad = tokens != pad_id  # (b, n) True = real token
-    return None if bool(pad.all()) else pad
+    return tokens != pad_id  # (b, n) True = real token
 
 
 class _Base(nn.Module):

@@ -33,8 +33,31 @@ def key_mask(padding: Tensor | None) -> Tensor | None:
     return padding[:, None, None, :]  # (b, 1, 1, m)
 
 
+def check_token_ids(tokens: Tensor, vocab: int) -> None:
+    """Raise ``ValueError`` unless every id lies in [0, vocab), without stalling an accelerator.
+
+    On the CPU the ids are already on the host: one ``aminmax`` and an exact message. On another
+    device a deferred device-side assert (``torch._assert_async``) checks the same without a host
+    synchronisation; it reports when the device reaches it.
+    """
+    if tokens.numel() == 0:
+        return
+    if tokens.device.type != "cpu":
+        torch._assert_async(((tokens >= 0) & (tokens < vocab)).all(), f"token ids must lie in [0, {vocab})")
+        return
+    lo, hi = (int(t) for t in torch.aminmax(tokens))
+    if lo < 0 or hi >= vocab:
+        raise ValueError(f"token ids must lie in [0, {vocab}), got range [{lo}, {hi}]")
+
+
 class Embeddings(nn.Module):
-    """Token embedding (x sqrt(c) as in §3.4) + absolute positions + token types, then dropout."""
+    """Token embedding (x sqrt(c) as in §3.4) + absolute positions + token types, then dropout.
+
+    ``check_ids``: validate the ids in eager mode (see :func:`check_token_ids`); graphs traced by
+    torch.compile / torch.export skip it (nn.Embedding still refuses an out-of-range id on the CPU).
+    """
+
+    check_ids = True  # class default; set False on an instance to skip the check in eager mode too
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, token: nn.Embedding | None = None):
         super().__init__()
@@ -52,9 +75,8 @@ class Embeddings(nn.Module):
     def forward(self, tokens: Tensor, offset: int = 0, token_types: Tensor | None = None) -> Tensor:
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be integer ids shaped (B, N), got {tokens.dtype} {tuple(tokens.shape)}")
-        vocab = self.token.num_embeddings
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
-            raise ValueError(f"token ids must lie in [0, {vocab}), got range [{int(tokens.min())}, {int(tokens.max())}]")
+        if self.check_ids and not torch.compiler.is_compiling():
+            check_token_ids(tokens, self.token.num_embeddings)
         x = self.token(tokens) * self.scale  # (b, n, c)
         if self.positions is not None:
             x = x + self.positions(tokens.shape[1], offset).to(x.dtype)  # (n, c) broadcast over b

@@ -1,0 +1,79 @@
+"""Faster decoding of a trained model: a compiled decoder step and int8 dynamic quantization on CPU.
+
+Legend: b batch (beams included), t target positions so far, m source length, c model dim, V vocabulary.
+
+:func:`for_inference` returns a copy of an encoder–decoder or decoder-only model prepared for
+:mod:`selfattn.generation` (greedy, sampling, beam search), the original left untouched:
+
+* ``int8=True``: every ``nn.Linear`` becomes a dynamically quantized int8 linear (weights int8 per tensor,
+  activations quantized per call; PyTorch's fbgemm/oneDNN kernels through ``torch.ao.quantization.
+  quantize_dynamic``). CPU only. Embeddings stay float32; the tied output projection gets its own int8 copy.
+* ``compile=True``: the decoder step (``decode`` / the LM forward with a cache) runs through
+  ``torch.compile(dynamic=True)``: one graph for every batch size, source length and cache length (the
+  forward has no host synchronisation, so nothing breaks the graph). The compiled step uses attention backend
+  ``attention_backend`` (default ``"torch"``, SDPA: it traces; ``"auto"`` consults the machine per call).
+  The first call compiles (tens of seconds on a small CPU); later calls reuse the code.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from ..layers.attention import MultiHeadAttention
+
+
+class InferenceModel(nn.Module):
+    """A model wrapped for decoding: ``encode`` as the model's, ``decode`` / ``forward`` compiled or not."""
+
+    def __init__(self, model: nn.Module, *, compile: bool, compile_backend: str = "inductor"):
+        super().__init__()
+        self.model, self.cfg = model, model.cfg
+        step = model.decode if hasattr(model, "decode") else model.forward
+        self._step = torch.compile(step, dynamic=True, backend=compile_backend) if compile else step
+
+    def encode(self, src: Tensor, src_padding: Tensor | None = None):
+        return self.model.encode(src, src_padding)
+
+    def decode(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor | None = None, **kw):
+        return self._step(tgt, memory, memory_mask, **kw)
+
+    def forward(self, tokens: Tensor, padding: Tensor | None = None, **kw):
+        return self._step(tokens, padding, **kw)
+
+    def new_cache(self):
+        return self.model.new_cache()
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` dynamically quantized to int8 (CPU inference)."""
+    devices = {p.device.type for p in model.parameters()}
+    if devices != {"cpu"}:
+        raise ValueError(f"int8 dynamic quantization runs on the CPU; expected a CPU model, got {sorted(devices)}")
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still supported
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def for_inference(model: nn.Module, *, int8: bool = False, compile: bool = False,
+                  attention_backend: str = "torch", compile_backend: str = "inductor") -> InferenceModel:
+    """A decoding-ready copy of ``model`` (eval mode): int8 linears and/or a compiled step (module docstring).
+
+    ``compile_backend``: torch.compile's backend ("inductor" generates code; "aot_eager" only traces, for tests).
+    """
+    if not hasattr(model, "new_cache"):
+        raise ValueError(f"expected an encoder–decoder or decoder-only selfattn model, got {type(model).__name__}")
+    prepared = quantize_int8(model) if int8 else copy.deepcopy(model).eval()
+    if compile:
+        for mod in prepared.modules():
+            if isinstance(mod, MultiHeadAttention):
+                mod.backend = attention_backend
+    return InferenceModel(prepared, compile=compile, compile_backend=compile_backend).eval()
+
+
+__all__ = ["InferenceModel", "for_inference", "quantize_int8"]

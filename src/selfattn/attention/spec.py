@@ -124,7 +124,7 @@ def _check_window(window) -> tuple[int | None, int | None] | None:
 
 def _is_real(x) -> bool:
     """A plain real number (Python or NumPy scalar), not a bool (``True`` is no scale)."""
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, Tensor)) and type(x).__name__ != "bool_"
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)  # NumPy's bool_ is no numbers.Real
 
 
 def _check_alibi(slopes, q: Tensor, h: int) -> None:

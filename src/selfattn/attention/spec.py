@@ -304,3 +304,13 @@ def bias_is_finite(mask: Tensor | None) -> bool:
     if mask is None or mask.dtype == torch.bool or mask.numel() == 0:
         return True
     return bool(mask.detach().max() < float("inf"))  # max is NaN when any element is NaN
+
+
+def logits_may_overflow(q: Tensor, k: Tensor) -> bool:
+    """True when q·k could leave float32's range (D * max|q| * max|k| >= 2^127) or q, k hold a NaN/inf:
+    one min/max pass per operand. SDPA maps an overflowed (+inf) row to 0 in bf16 instead of NaN."""
+    if q.numel() == 0 or k.numel() == 0:
+        return False
+    (q_lo, q_hi), (k_lo, k_hi) = torch.aminmax(q.detach()), torch.aminmax(k.detach())
+    bound = torch.maximum(-q_lo, q_hi).float() * torch.maximum(-k_lo, k_hi).float() * q.shape[-1]
+    return not bool(bound < 2.0**127)  # NaN (a NaN in q or k) is not < 2^127

@@ -11,8 +11,9 @@ call (so the kernel sees a finite softmax and a finite backward) and their outpu
 Additive biases (float masks, ALiBi) stay float32 for bfloat16/float16 inputs (SDPA accepts them).
 Calls with a NaN/inf in q, k or v, or a NaN/+inf in a floating mask, are handed to backend "math",
 which follows the non-finite rule of :mod:`selfattn.attention.math_backend` (SDPA would let a NaN in
-a masked-out key reach every row), and so are finite calls whose logits overflow (a non-finite
-output); finite calls pay one sum per operand and one of the output for those checks.
+a masked-out key reach every row), and so are calls whose logits may overflow float32 (D·max|q|·max|k|
+>= 2^127; SDPA turns such +inf rows into 0 in bf16) or whose output is not finite; finite calls pay
+one min/max pass over q and k and one sum over v and the output for those checks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .math_backend import math_attention, score_bias_and_mask
-from .spec import AttentionCall, all_finite, bias_is_finite, empty_result, is_empty
+from .spec import AttentionCall, all_finite, bias_is_finite, empty_result, is_empty, logits_may_overflow
 
 
 def torch_attention(
@@ -41,12 +42,12 @@ def torch_attention(
     if is_empty(q, k):
         return empty_result(q, k, v), None
     kw = dict(mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=window, alibi_slopes=alibi_slopes)
-    if all_finite(q, k, v) and bias_is_finite(mask):
+    if not logits_may_overflow(q, k) and all_finite(v) and bias_is_finite(mask):
         out, dead = _sdpa(q, k, v, **kw)
         if all_finite(out):  # checked before dead rows are zeroed: their opened-up softmax must be finite too
             return (out if dead is None else out.masked_fill(dead, 0.0)), None
-        # finite inputs, non-finite output: logits overflowed; SDPA's backward would give 0 where the
-        # rule gives NaN, so the reference evaluates the call (rare: |q||k| near float32's range)
+        # finite inputs, non-finite output (a bias near float32's range): SDPA's backward would give 0
+        # where the rule gives NaN, so the reference evaluates the call
     return math_attention(q, k, v, **kw)[0], None
 
 

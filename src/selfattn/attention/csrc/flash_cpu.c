@@ -364,18 +364,28 @@ static void bwd_probs(const attn_args *a, bwd_scratch *w, int64_t bh, int64_t i0
     for (int r = 0; r < QB; r++) {
         float *s = w->S + r * KB, *dp = w->dP + r * KB;
         logits_row(a, s, i0 + r, j0, kpm, masked, slope2);
-        __m512 vl = _mm512_set1_ps(lse2[i0 + r]), vd = _mm512_set1_ps(delta[i0 + r]);
-        for (int c = 0; c < KB; c += 16) {
-            __m512 x = _mm512_loadu_ps(s + c);
-            /* masked keys (-inf) get P = dS = 0 even in a NaN row (lse NaN), so no NaN leaks to them */
-            __mmask16 seen = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ);
-            /* P <= 1 always; at |logits| ~ 1e19 the float32 lse2 = lse * log2(e) is off by many units
-               and 2^(s - lse2) would overflow to inf (min_ps keeps its 2nd operand's NaN) */
-            __m512 p = _mm512_min_ps(_mm512_set1_ps(1.0f), exp2_ps(_mm512_sub_ps(x, vl)));
-            p = _mm512_maskz_mov_ps(seen, p);
-            _mm512_storeu_ps(s + c, p);
-            __m512 ds = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dp + c), vd)), vsc);
-            _mm512_storeu_ps(dp + c, _mm512_maskz_mov_ps(seen, ds));
+        const float l = lse2[i0 + r], dl = delta[i0 + r];
+        __m512 vl = _mm512_set1_ps(l), vd = _mm512_set1_ps(dl);
+        if (fabsf(l) < 1048576.0f && isfinite(dl)) { /* the usual row: finite lse (|lse2| < 2^20), delta */
+            for (int c = 0; c < KB; c += 16) {
+                __m512 p = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(s + c), vl));
+                _mm512_storeu_ps(s + c, p);
+                __m512 ds = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dp + c), vd)), vsc);
+                _mm512_storeu_ps(dp + c, ds);
+            }
+        } else { /* a NaN row (+inf/NaN logit), a dead row, or logits ~ 1e19 */
+            for (int c = 0; c < KB; c += 16) {
+                __m512 x = _mm512_loadu_ps(s + c);
+                /* masked keys (-inf) get P = dS = 0 even when lse or delta is NaN: no NaN leaks to them */
+                __mmask16 seen = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ);
+                /* P <= 1 always; at |logits| ~ 1e19 the float32 lse2 = lse * log2(e) is off by many units
+                   and 2^(s - lse2) would overflow to inf (min_ps keeps its 2nd operand's NaN) */
+                __m512 p = _mm512_min_ps(_mm512_set1_ps(1.0f), exp2_ps(_mm512_sub_ps(x, vl)));
+                p = _mm512_maskz_mov_ps(seen, p);
+                _mm512_storeu_ps(s + c, p);
+                __m512 ds = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dp + c), vd)), vsc);
+                _mm512_storeu_ps(dp + c, _mm512_maskz_mov_ps(seen, ds));
+            }
         }
         for (int c = 0; c < KB; c += 32)
             store32(w->dSr + r * KB + c, _mm512_loadu_ps(dp + c), _mm512_loadu_ps(dp + c + 16));

@@ -1,7 +1,18 @@
-"""Shared test fixtures."""
+"""Shared test fixtures and the hypothesis profiles.
+
+Profiles: ``bounded`` (the default, loaded here) keeps property tests inside ``make test``'s budget
+(tests that set their own max_examples keep it); ``pytest --hypothesis-profile=long`` draws many more
+examples (for the differential attention tests before a release: tens of minutes on 2 cores).
+"""
 
 import pytest
 import torch
+from hypothesis import settings
+
+settings.register_profile("bounded", max_examples=40, deadline=None,
+                          print_blob=True)  # the default: bounded for make test
+settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile("bounded")  # `--hypothesis-profile=NAME` (pytest option) loads another
 
 
 @pytest.fixture

@@ -11,7 +11,10 @@ layout its products read (pairs of W = 2 values for bf16, W = 1 for float32).
 Legend: b batch, h query heads, g kv heads, n queries, m keys, d q/k head dim, e v head dim.
 Mask convention: boolean True = may attend; only key padding (B|1, 1, 1, Nk) besides ``causal``
 (bottom-right aligned: query i may attend key j when j <= i + m - n), ``window`` and ALiBi slopes
-(computed in the kernel, never an n x m bias). A row that may attend no key gets 0.
+(computed in the kernel, never an n x m bias). A row that may attend no key gets 0. A +inf/NaN
+logit (q·k overflowing float32) makes its row NaN in the kernel; calls with a NaN/inf in q, k or v
+go to backend "math" (the rule in :mod:`selfattn.attention.math_backend`), the kernel's dense
+products would let 0 · NaN of a masked key reach other rows.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from torch import Tensor
 from . import cpu_kernel
 from .flash import _sides
 from .kernel_abi import Kernel
+from .math_backend import math_attention
 from .registry import BackendUnavailable
-from .spec import AttentionCall, key_padding_kernel_declines, key_padding_rows
+from .spec import AttentionCall, all_finite, empty_result, is_empty, key_padding_kernel_declines, key_padding_rows
 
 _UNLIMITED = 1 << 40  # a window side of None
 _LOG2E = 1.4426950408889634
@@ -207,6 +211,11 @@ cpu_fused_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 def _attention(name: str, q: Tensor, k: Tensor, v: Tensor, mask, causal, scale, dropout_p, window,
                alibi_slopes, return_weights) -> tuple[Tensor, None]:
     kpm = key_padding_rows(name, mask, k.shape[2], dropout_p, return_weights)  # (b|1, m), True = may attend
+    if is_empty(q, k):
+        return empty_result(q, k, v), None
+    if not all_finite(q, k, v):  # the rule for NaN/inf inputs lives in the reference (math_backend)
+        return math_attention(q, k, v, mask=mask, causal=causal, scale=scale, window=window,
+                              alibi_slopes=alibi_slopes)[0], None
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not torch.compiler.is_compiling():  # build (or fail to) before any work; "auto" then falls back
         try:
@@ -228,7 +237,7 @@ def cpu_bf16_attention(
     alibi_slopes: Tensor | None = None, return_weights: bool = False,
 ) -> tuple[Tensor, None]:
     """Exact bfloat16 attention in the C kernel (bf16 dot products); see the module docstring.
-    The ALiBi slopes get no gradient (they are fixed per head in the paper)."""
+    The ALiBi slopes get no gradient here; the registry declines slopes that require one."""
     return _attention("cpu_bf16", q, k, v, mask, causal, scale, dropout_p, window, alibi_slopes,
                       return_weights)
 
@@ -239,7 +248,7 @@ def cpu_f32_attention(
     alibi_slopes: Tensor | None = None, return_weights: bool = False,
 ) -> tuple[Tensor, None]:
     """Exact float32 attention in the C kernel (FMAs); see the module docstring.
-    The ALiBi slopes get no gradient (they are fixed per head in the paper)."""
+    The ALiBi slopes get no gradient here; the registry declines slopes that require one."""
     return _attention("cpu_f32", q, k, v, mask, causal, scale, dropout_p, window, alibi_slopes,
                       return_weights)
 

@@ -16,7 +16,9 @@ n x m tensor: a key-padding mask shaped (b|1, 1, 1, m), ``causal`` (bottom-right
 may attend key j when j <= i + m - n), a sliding ``window=(left, right)`` around each query's key
 position ``i + m - n`` and ALiBi slopes (Press et al., 2022). Key blocks that causal/window hide
 entirely are skipped (causal costs about half). A row that may attend no key gets output 0 and
-zero gradients, never NaN.
+zero gradients, never NaN. A +inf/NaN logit (q·k overflowing) makes its row NaN; calls with a
+NaN/inf in q, k or v go to backend "math" (the rule in :mod:`selfattn.attention.math_backend`).
+ALiBi slopes get no gradient here: ``flash_supports`` declines slopes that require one.
 
 float16/bfloat16 inputs are computed in float32 (matmuls, softmax statistics, accumulation) and the
 output is rounded back: on the AVX2 CPU this was written on, float32 matmuls are ~20x faster than
@@ -31,7 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .spec import AttentionCall, key_padding_kernel_declines, key_padding_rows
+from .math_backend import math_attention
+from .spec import AttentionCall, all_finite, empty_result, is_empty, key_padding_kernel_declines, key_padding_rows, tracing
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ def _forward(q5, k, v, kpm, slopes, scale, causal, window, cfg) -> tuple[Tensor,
             pv = torch.matmul(p.view(b, g, r * bq, -1), v[:, :, j0:j1])  # (b, g, r*bq, e)
             acc.mul_(alpha).add_(pv.view(b, g, r, bq, e))
             row_max = new_max
-        live = denom > 0
+        live = denom != 0  # dead rows sum to exactly 0; a NaN sum (+inf logit) stays NaN
         out[:, :, :, i0:i1] = torch.where(live, acc / torch.where(live, denom, 1.0), 0.0)
         lse[:, :, :, i0:i1] = torch.where(live, row_max + torch.log(torch.where(live, denom, 1.0)),
                                           float("inf")).squeeze(-1)
@@ -152,6 +155,7 @@ def _backward(q5, k, v, out, lse, dout, kpm, slopes, scale, causal, window, cfg)
     delta = (dout * out).sum(dim=-1, keepdim=True)  # (b, g, r, n, 1): rowsum(dO * O)
     dq = torch.zeros_like(q5)
     dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    nan_rows = not tracing() and bool(torch.isnan(lse).any())  # a +inf/NaN logit: exp(s - NaN) must stay 0 where s = -inf
     q_blocks = _blocks(n, cfg.block_q)
     ranges = [_key_range(i0, i1, n, m, causal, window) for i0, i1 in q_blocks]
     for j0, j1 in _blocks(m, cfg.block_k):
@@ -163,12 +167,17 @@ def _backward(q5, k, v, out, lse, dout, kpm, slopes, scale, causal, window, cfg)
             bq = i1 - i0
             qb = q5[:, :, :, i0:i1].reshape(b, g, r * bq, d)  # (b, g, r*bq, d)
             s = _scores(qb, k[:, :, c0:c1], i0, i1, c0, c1, n, m, scale, causal, window, kpm, slopes)
+            absent = torch.isneginf(s) if nan_rows else None  # masked keys of NaN rows: no gradient
             p = s.sub_(lse[:, :, :, i0:i1].unsqueeze(-1)).exp_()  # (b, g, r, bq, bc); lse=inf -> 0
             p2 = p.view(b, g, r * bq, c1 - c0)  # (b, g, r*bq, bc)
+            if absent is not None:
+                p2.masked_fill_(absent.view(b, g, r * bq, c1 - c0), 0.0)
             do_b = dout[:, :, :, i0:i1].reshape(b, g, r * bq, e)  # (b, g, r*bq, e)
             dv[:, :, c0:c1] += torch.matmul(p2.transpose(-2, -1), do_b)  # sums over the r heads
             dp = torch.matmul(do_b, vb[:, :, c0 - j0:c1 - j0].transpose(-2, -1))  # (b, g, r*bq, bc)
             ds = p2.mul_(dp.sub_(delta[:, :, :, i0:i1].reshape(b, g, r * bq, 1)))  # dS = P*(dP-Δ)
+            if absent is not None:
+                ds.masked_fill_(absent.view(b, g, r * bq, c1 - c0), 0.0)
             ds.mul_(scale)
             dq[:, :, :, i0:i1] += torch.matmul(ds, kb[:, :, c0 - j0:c1 - j0]).view(b, g, r, bq, d)
             dk[:, :, c0:c1] += torch.matmul(ds.transpose(-2, -1), qb)
@@ -215,9 +224,15 @@ def flash_attention(
 ) -> tuple[Tensor, None]:
     """Exact attention in O(N) memory; see the module docstring for what it supports.
 
-    The ALiBi slopes get no gradient (they are fixed per head in the paper).
+    The ALiBi slopes get no gradient (they are fixed per head in the paper; through the registry a
+    call whose slopes require a gradient goes to a backend that gives it).
     """
     allowed = key_padding_rows("flash attention", mask, k.shape[2], dropout_p, return_weights)
+    if is_empty(q, k):
+        return empty_result(q, k, v), None
+    if not all_finite(q, k, v):  # the rule for NaN/inf inputs lives in the reference (math_backend)
+        return math_attention(q, k, v, mask=mask, causal=causal, scale=scale, window=window,
+                              alibi_slopes=alibi_slopes)[0], None
     kpm = None if allowed is None else ~allowed  # (b|1, m), True = padded
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     out = FlashFunction.apply(q, k, v, kpm, alibi_slopes, scale, bool(causal), window, config)

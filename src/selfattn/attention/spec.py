@@ -13,7 +13,7 @@ so a decoder step with a key/value cache (Nq=1, Nk=t) needs no special case.
 from __future__ import annotations
 
 import functools
-
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +39,7 @@ class AttentionCall:
     causal: bool
     window: tuple[int | None, int | None] | None
     alibi: bool
+    alibi_requires_grad: bool  # the slopes want a gradient: only backends that give it may serve
     dropout_p: float
     return_weights: bool
     requires_grad: bool
@@ -64,6 +65,8 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     b, h, _, d = q.shape
+    if d == 0 or v.shape[3] == 0:
+        raise ValueError(f"head dims must be >= 1 (scale 1/sqrt(D) needs D > 0), got q {_shape(q)}, v {_shape(v)}")
     if k.shape[0] != b or v.shape[0] != b:
         raise ValueError(
             f"batch sizes differ: q {_shape(q)}, k {_shape(k)}, v {_shape(v)} (expected the same B)"
@@ -114,9 +117,28 @@ def _check_window(window) -> tuple[int | None, int | None] | None:
     if not (isinstance(window, (tuple, list)) and len(window) == 2):
         raise ValueError(f"window must be a pair (left, right) of ints or None, got {window!r}")
     for side in window:
-        if side is not None and not (isinstance(side, int) and side >= 0):
+        if side is not None and (isinstance(side, bool) or not (isinstance(side, numbers.Integral) and side >= 0)):
             raise ValueError(f"window sizes must be non-negative ints or None, got {window!r}")
-    return (window[0], window[1])
+    return tuple(None if side is None else int(side) for side in window)
+
+
+def _is_real(x) -> bool:
+    """A plain real number (Python or NumPy scalar), not a bool (``True`` is no scale)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)  # NumPy's bool_ is no numbers.Real
+
+
+def _check_alibi(slopes, q: Tensor, h: int) -> None:
+    """ALiBi slopes: a finite floating (Hq,) tensor on q's device."""
+    if not isinstance(slopes, Tensor):
+        raise ValueError(f"alibi_slopes must be a tensor of shape (Hq,) = ({h},), got {type(slopes).__name__}")
+    if slopes.shape != (h,):
+        raise ValueError(f"alibi_slopes must be a tensor of shape (Hq,) = ({h},), got {_shape(slopes)}")
+    if not slopes.dtype.is_floating_point:
+        raise ValueError(f"alibi_slopes must be a floating tensor, got dtype {slopes.dtype}")
+    if slopes.device != q.device:
+        raise ValueError(f"alibi_slopes must be on q's device {q.device}, got {slopes.device}")
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(slopes).all()):  # a value check: eager only
+        raise ValueError(f"alibi_slopes must be finite, got {slopes.detach().tolist()}")
 
 
 def validate_call(
@@ -136,24 +158,26 @@ def validate_call(
     _check_qkv(q, k, v)
     b, h, n, d = q.shape
     g, m = k.shape[1], k.shape[2]
-    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0 and scale != float("inf")):
+    if scale is not None and not (_is_real(scale) and 0 < scale < float("inf")):
         raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
-    if not (isinstance(dropout_p, (int, float)) and 0.0 <= dropout_p < 1.0):
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    if not (_is_real(dropout_p) and 0.0 <= dropout_p < 1.0):
+        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    if not isinstance(causal, bool):
+        raise ValueError(f"causal must be a bool, got {causal!r}")
     mask_kind, key_padding_only, mask_grad = "none", False, False
     if mask is not None:
         mask_kind, key_padding_only, mask_grad = _check_mask(mask, q, (b, h, n, m))
     window = _check_window(window)
     if alibi_slopes is not None:
-        if not isinstance(alibi_slopes, Tensor) or alibi_slopes.shape != (h,):
-            got = _shape(alibi_slopes) if isinstance(alibi_slopes, Tensor) else type(alibi_slopes).__name__
-            raise ValueError(f"alibi_slopes must be a tensor of shape (Hq,) = ({h},), got {got}")
+        _check_alibi(alibi_slopes, q, h)
 
     return AttentionCall(
         batch=b, q_heads=h, kv_heads=g, q_len=n, k_len=m, head_dim=d, v_dim=v.shape[3],
         dtype=q.dtype, device_type=q.device.type, mask_kind=mask_kind,
         key_padding_only=key_padding_only, mask_requires_grad=mask_grad, causal=bool(causal),
-        window=window, alibi=alibi_slopes is not None, dropout_p=float(dropout_p),
+        window=window, alibi=alibi_slopes is not None,
+        alibi_requires_grad=alibi_slopes is not None and torch.is_grad_enabled() and alibi_slopes.requires_grad,
+        dropout_p=float(dropout_p),
         return_weights=bool(return_weights),
         requires_grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)),
     )
@@ -167,6 +191,8 @@ def key_padding_kernel_declines(call: AttentionCall, name: str) -> str | None:
                 "(use backend 'math' to get them)")
     if call.dropout_p > 0:
         return f"dropout on the attention weights is not implemented in the {name} kernel"
+    if call.alibi_requires_grad:
+        return f"the ALiBi slopes require a gradient, which the {name} kernel does not compute"
     if call.mask_kind == "float":
         return f"a floating (additive) mask is an n x m tensor; {name} takes only a boolean key-padding mask"
     if call.mask_kind == "bool" and not call.key_padding_only:
@@ -236,13 +262,65 @@ def _build_structural_mask(n, m, causal, window, device) -> Tensor:
     return allowed
 
 
-def alibi_bias(slopes: Tensor, n: int, m: int) -> Tensor:
-    """ALiBi additive bias (Press et al., 2022): ``-slope_h * |pos_i - j|``, shape (1, h, n, m), float32.
+def alibi_bias(slopes: Tensor, n: int, m: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """ALiBi additive bias (Press et al., 2022): ``-slope_h * |pos_i - j|``, shape (1, h, n, m), in
+    ``dtype`` (float32 for every input dtype but float64, so scores never hold a bf16-rounded bias).
 
     Positions are bottom-right aligned like causal masks, so for causal attention this is the
     paper's ``slope * (j - i)``.
     """
     pos = torch.arange(n, device=slopes.device).unsqueeze(1) + (m - n)  # (n, 1)
     j = torch.arange(m, device=slopes.device).unsqueeze(0)  # (1, m)
-    dist = (pos - j).abs().to(torch.float32)  # (n, m)
-    return -slopes.to(torch.float32).view(1, -1, 1, 1) * dist  # (1, h, n, m)
+    dist = (pos - j).abs().to(dtype)  # (n, m)
+    return -slopes.to(dtype).view(1, -1, 1, 1) * dist  # (1, h, n, m)
+
+
+def is_empty(q: Tensor, k: Tensor) -> bool:
+    """No query rows or no keys (B, Hq, Nq or Nk is 0): the result is all zeros (dead rows)."""
+    return q.shape[0] * q.shape[1] * q.shape[2] == 0 or k.shape[2] == 0
+
+
+def empty_result(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """The (B, Hq, Nq, Dv) result of an empty call: zeros, with zero gradients flowing to q, k, v
+    (sums of empty slices, so a NaN in q never reaches them)."""
+    b, h, n, _ = q.shape
+    out = v.new_zeros(b, h, n, v.shape[3])  # (b, h, n, e)
+    return out + (q.reshape(-1)[:0].sum() + k.reshape(-1)[:0].sum() + v.reshape(-1)[:0].sum())
+
+
+def tracing() -> bool:
+    """True inside torch.compile / torch.export. The non-finite checks below read values on the host, which a
+    graph cannot do without a break: traced graphs assume finite inputs and keep the backend's fast path
+    (eager calls — the reference behaviour — check)."""
+    return torch.compiler.is_compiling()
+
+
+def all_finite(*tensors: Tensor | None) -> bool:
+    """True when no tensor holds a NaN or an infinity. One sum per tensor (a NaN or inf makes it
+    non-finite); only a sum that overflowed on finite values is checked again element by element.
+    Always True while tracing (see :func:`tracing`)."""
+    if tracing():
+        return True
+    for t in tensors:
+        if t is None or t.numel() == 0:
+            continue
+        if not bool(torch.isfinite(t.detach().sum())) and not bool(torch.isfinite(t).all()):
+            return False
+    return True
+
+
+def bias_is_finite(mask: Tensor | None) -> bool:
+    """A floating mask may hold -inf (= may not attend) but no NaN and no +inf; a boolean one always is."""
+    if mask is None or mask.dtype == torch.bool or mask.numel() == 0 or tracing():
+        return True
+    return bool(mask.detach().max() < float("inf"))  # max is NaN when any element is NaN
+
+
+def logits_may_overflow(q: Tensor, k: Tensor) -> bool:
+    """True when q·k could leave float32's range (D * max|q| * max|k| >= 2^127) or q, k hold a NaN/inf:
+    one min/max pass per operand. SDPA maps an overflowed (+inf) row to 0 in bf16 instead of NaN."""
+    if q.numel() == 0 or k.numel() == 0 or tracing():
+        return False
+    (q_lo, q_hi), (k_lo, k_hi) = torch.aminmax(q.detach()), torch.aminmax(k.detach())
+    bound = torch.maximum(-q_lo, q_hi).float() * torch.maximum(-k_lo, k_hi).float() * q.shape[-1]
+    return not bool(bound < 2.0**127)  # NaN (a NaN in q or k) is not < 2^127

@@ -8,6 +8,12 @@ when n == m and an explicit mask is built otherwise.
 
 SDPA returns NaN for a query row that may attend no key. Here such rows are opened up before the
 call (so the kernel sees a finite softmax and a finite backward) and their output is set to 0.
+Additive biases (float masks, ALiBi) stay float32 for bfloat16/float16 inputs (SDPA accepts them).
+Calls with a NaN/inf in q, k or v, or a NaN/+inf in a floating mask, are handed to backend "math",
+which follows the non-finite rule of :mod:`selfattn.attention.math_backend` (SDPA would let a NaN in
+a masked-out key reach every row), and so are calls whose logits may overflow float32 (D·max|q|·max|k|
+>= 2^127; SDPA turns such +inf rows into 0 in bf16) or whose output is not finite; finite calls pay
+one min/max pass over q and k and one sum over v and the output for those checks.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .math_backend import score_bias_and_mask
-from .spec import AttentionCall
+from .math_backend import math_attention, score_bias_and_mask
+from .spec import AttentionCall, all_finite, bias_is_finite, empty_result, is_empty, logits_may_overflow
 
 
 def torch_attention(
@@ -33,27 +39,43 @@ def torch_attention(
     alibi_slopes: Tensor | None = None,
     return_weights: bool = False,
 ) -> tuple[Tensor, None]:
+    if is_empty(q, k):
+        return empty_result(q, k, v), None
+    kw = dict(mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=window, alibi_slopes=alibi_slopes)
+    if not logits_may_overflow(q, k) and all_finite(v) and bias_is_finite(mask):
+        out, dead = _sdpa(q, k, v, **kw)
+        if all_finite(out):  # checked before dead rows are zeroed: their opened-up softmax must be finite too
+            return (out if dead is None else out.masked_fill(dead, 0.0)), None
+        # finite inputs, non-finite output (a bias near float32's range): SDPA's backward would give 0
+        # where the rule gives NaN, so the reference evaluates the call
+    return math_attention(q, k, v, **kw)[0], None
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask, causal, scale, dropout_p, window,
+          alibi_slopes) -> tuple[Tensor, Tensor | None]:
+    """SDPA with our mask convention and bottom-right causal, on finite inputs. Returns the output
+    (b, h, n, e) with dead rows opened up (attending every key) and those rows, (.., n, 1) or None."""
     n, m = q.shape[2], k.shape[2]
+    scale = None if scale is None else float(scale)
     gqa = q.shape[1] != k.shape[1]
     if mask is None and window is None and alibi_slopes is None and (not causal or n == m):
         # Fast path: no explicit mask at all; every row attends at least one key.
-        out = F.scaled_dot_product_attention(
+        return F.scaled_dot_product_attention(
             q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale, enable_gqa=gqa
-        )
-        return out, None
+        ), None
 
     bias, allowed = score_bias_and_mask(
-        n, m, mask=mask, causal=causal, window=window, alibi_slopes=alibi_slopes, device=q.device
+        n, m, mask=mask, causal=causal, window=window, alibi_slopes=alibi_slopes, device=q.device,
+        dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
     )
     if mask is None and alibi_slopes is None and allowed is not None and m >= n:
         # only causal/window: every query may attend its own key position i + m - n (inside [0, m),
         # and windows are >= 0 on both sides), so no row is dead: skip the n x m checks
-        out = F.scaled_dot_product_attention(
+        return F.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed.view(1, 1, n, m), dropout_p=dropout_p, scale=scale, enable_gqa=gqa
-        )
-        return out, None
+        ), None
     if bias is not None:
-        attn_mask = bias.to(q.dtype)
+        attn_mask = bias  # float32 (float64 for float64 inputs), never rounded to q's dtype
         if allowed is not None:
             attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
         dead = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)  # (.., n, 1) rows with no key
@@ -68,7 +90,7 @@ def torch_attention(
     )  # (b, h, n, e)
     while dead.dim() < 4:
         dead = dead.unsqueeze(0)
-    return out.masked_fill(dead, 0.0), None
+    return out, dead
 
 
 def torch_supports(call: AttentionCall) -> str | None:

@@ -119,8 +119,8 @@ def _block_scores(q: Tensor, k: Tensor, mask: Tensor | None, keys: slice, pos: T
     """Scores (b, h, r_blk, c) of rows ``q`` against key block ``keys``; forbidden keys are -inf.
 
     ``pos`` (r_blk,) is each query's key position (bottom-right aligned, as in
-    :func:`selfattn.attention.structural_mask`); ALiBi is ``-slope * |pos - j|`` in float32 as
-    in :func:`selfattn.attention.alibi_bias`.
+    :func:`selfattn.attention.structural_mask`); ALiBi is ``-slope * |pos - j|`` in float32
+    (float64 for float64 rows) as in :func:`selfattn.attention.alibi_bias`.
     """
     stat = q.dtype
     s = (q @ k[:, :, keys].transpose(-2, -1)) * scale  # (b, h, r_blk, c)
@@ -135,7 +135,8 @@ def _block_scores(q: Tensor, k: Tensor, mask: Tensor | None, keys: slice, pos: T
         else:
             bias = mb
     if slopes is not None:
-        ab = -slopes.to(torch.float32).view(1, -1, 1, 1) * delta.abs().to(torch.float32)  # (1, h, r_blk, c)
+        bdt = torch.float64 if stat == torch.float64 else torch.float32  # as alibi_bias for this dtype
+        ab = -slopes.to(bdt).view(1, -1, 1, 1) * delta.abs().to(bdt)  # (1, h, r_blk, c)
         bias = ab if bias is None else bias + ab
     if bias is not None:
         s = s + bias.to(stat)

@@ -33,6 +33,10 @@ class KVCache:
         return 0 if self.k is None else self.k.shape[2]
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.k is not None and (k.shape[0], k.shape[1], k.shape[3]) != (self.k.shape[0], self.k.shape[1],
+                                                                           self.k.shape[3]):
+            raise ValueError(f"KVCache holds keys of shape (b, g, t, d) = {tuple(self.k.shape)}; new keys "
+                             f"{tuple(k.shape)} differ in batch, heads or head dim (use a new cache)")
         self.k = k if self.k is None else torch.cat([self.k, k], dim=2)  # (b, g, t+n, d)
         self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
         return self.k, self.v
@@ -76,6 +80,8 @@ class MultiHeadAttention(nn.Module):
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if not (isinstance(num_heads, int) and num_heads >= 1):
+            raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
         if d_model % num_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
         if num_kv_heads < 1 or num_heads % num_kv_heads:
@@ -121,7 +127,17 @@ class MultiHeadAttention(nn.Module):
         shaped (b, 1, 1, m). bias: additive float bias (T5 relative positions).
         Returns (out (b, n, c), weights (b, h, n, m) or None).
         """
+        c_in = self.q_proj.in_features
+        if x.dim() != 3 or x.shape[-1] != c_in:
+            raise ValueError(f"x must be (batch, length, d_model={c_in}), got shape {tuple(x.shape)}")
+        if context is not None and (context.dim() != 3 or context.shape[0] != x.shape[0]
+                                    or context.shape[-1] != self.k_proj.in_features):
+            raise ValueError(f"context must be (batch={x.shape[0]}, length, {self.k_proj.in_features}), "
+                             f"got shape {tuple(context.shape)}")
         b, n, c = x.shape
+        if cache is not None and cache.k is not None and cache.k.shape[0] != b:
+            raise ValueError(f"the KV cache holds batch size {cache.k.shape[0]}, got input of batch size {b} "
+                             "(use a new cache, or cache.reorder for beam search)")
         q = self._split(self.q_proj(x), self.num_heads)  # (b, h, n, d)
         if context is not None:  # cross-attention: keys/values from the source, computed once
             if cache is not None and cache.k is not None:

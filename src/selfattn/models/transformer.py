@@ -82,6 +82,13 @@ class Embeddings(nn.Module):
             x = x + self.positions(tokens.shape[1], offset).to(x.dtype)  # (n, c) broadcast over b
         if self.token_type is not None:
             types = torch.zeros_like(tokens) if token_types is None else token_types
+            size = self.token_type.num_embeddings
+            if types.shape != tokens.shape or types.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"token_types must be integer ids shaped like tokens {tuple(tokens.shape)}, "
+                                 f"got {types.dtype} {tuple(types.shape)}")
+            if types.numel() and (int(types.min()) < 0 or int(types.max()) >= size):
+                raise ValueError(f"token type ids must lie in [0, {size}), got range "
+                                 f"[{int(types.min())}, {int(types.max())}]")
             x = x + self.token_type(types)
         if self.norm is not None:
             x = self.norm(x)

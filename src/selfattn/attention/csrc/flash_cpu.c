@@ -142,10 +142,11 @@ static inline void interleave_rows(const float *a, const float *b, elem_t *dst) 
 }
 #endif
 
-/* 2^x for 16 floats; x <= -126 gives exactly 0 (masked keys hold -inf). Relative error ~2e-7. */
+/* 2^x for 16 floats; x <= -126 gives exactly 0 (masked keys hold -inf), NaN stays NaN (a +inf or
+   NaN logit must make its row NaN). Relative error ~2e-7. */
 static inline __m512 exp2_ps(__m512 x) {
-    __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GT_OQ);
-    x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+    __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_NLE_UQ); /* NaN: live */
+    x = _mm512_max_ps(_mm512_set1_ps(-126.0f), x); /* max_ps returns its 2nd operand for a NaN */
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_mul_ps(_mm512_sub_ps(x, n), _mm512_set1_ps(LN2)); /* |f| <= ln2 / 2 */
     __m512 p = _mm512_set1_ps(1.0f / 720);                             /* Taylor of e^f, degree 6 */
@@ -290,12 +291,13 @@ static void forward_task(const attn_args *a, int64_t bi, int64_t head, int64_t i
     elem_t *out = a->out + bh * a->n_pad * e;
     float *lse = a->lse + bh * a->n_pad;
     for (int r = 0; r < QB; r++) {
-        __m512 vi = _mm512_set1_ps(lrow[r] > 0 ? 1.0f / lrow[r] : 0.0f);
+        const int dead = lrow[r] == 0.0f; /* no key seen; a NaN sum (+inf/NaN logit) stays NaN */
+        __m512 vi = _mm512_set1_ps(dead ? 0.0f : 1.0f / lrow[r]);
         for (int64_t c = 0; c < e; c += 16) {
             __m512 o = _mm512_mul_ps(_mm512_loadu_ps(O + r * e + c), vi);
             store16(out + (i0 + r) * e + c, o);
         }
-        lse[i0 + r] = lrow[r] > 0 ? (mrow[r] + log2f(lrow[r])) * LN2 : INFINITY;
+        lse[i0 + r] = dead ? INFINITY : (mrow[r] + log2f(lrow[r])) * LN2;
     }
 }
 
@@ -364,12 +366,28 @@ static void bwd_probs(const attn_args *a, bwd_scratch *w, int64_t bh, int64_t i0
     for (int r = 0; r < QB; r++) {
         float *s = w->S + r * KB, *dp = w->dP + r * KB;
         logits_row(a, s, i0 + r, j0, kpm, masked, slope2);
-        __m512 vl = _mm512_set1_ps(lse2[i0 + r]), vd = _mm512_set1_ps(delta[i0 + r]);
-        for (int c = 0; c < KB; c += 16) {
-            __m512 p = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(s + c), vl));
-            _mm512_storeu_ps(s + c, p);
-            __m512 ds = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dp + c), vd)), vsc);
-            _mm512_storeu_ps(dp + c, ds);
+        const float l = lse2[i0 + r], dl = delta[i0 + r];
+        __m512 vl = _mm512_set1_ps(l), vd = _mm512_set1_ps(dl);
+        if (fabsf(l) < 1048576.0f && isfinite(dl)) { /* the usual row: finite lse (|lse2| < 2^20), delta */
+            for (int c = 0; c < KB; c += 16) {
+                __m512 p = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(s + c), vl));
+                _mm512_storeu_ps(s + c, p);
+                __m512 ds = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dp + c), vd)), vsc);
+                _mm512_storeu_ps(dp + c, ds);
+            }
+        } else { /* a NaN row (+inf/NaN logit), a dead row, or logits ~ 1e19 */
+            for (int c = 0; c < KB; c += 16) {
+                __m512 x = _mm512_loadu_ps(s + c);
+                /* masked keys (-inf) get P = dS = 0 even when lse or delta is NaN: no NaN leaks to them */
+                __mmask16 seen = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ);
+                /* P <= 1 always; at |logits| ~ 1e19 the float32 lse2 = lse * log2(e) is off by many units
+                   and 2^(s - lse2) would overflow to inf (min_ps keeps its 2nd operand's NaN) */
+                __m512 p = _mm512_min_ps(_mm512_set1_ps(1.0f), exp2_ps(_mm512_sub_ps(x, vl)));
+                p = _mm512_maskz_mov_ps(seen, p);
+                _mm512_storeu_ps(s + c, p);
+                __m512 ds = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dp + c), vd)), vsc);
+                _mm512_storeu_ps(dp + c, _mm512_maskz_mov_ps(seen, ds));
+            }
         }
         for (int c = 0; c < KB; c += 32)
             store32(w->dSr + r * KB + c, _mm512_loadu_ps(dp + c), _mm512_loadu_ps(dp + c + 16));

@@ -1,0 +1,215 @@
+"""Translation speed and BLEU side by side: selfattn, Hugging Face ``generate()`` on the exported model,
+CTranslate2 float32 and int8 — the same trained run, the same sentences, batches and length caps.
+
+    python benchmarks/translate_speed.py --run runs/m30k                       # test2016, beam 4 and greedy, batch 32
+    python benchmarks/translate_speed.py --run runs/m30k --batch 1 --sentences 100 --runners selfattn,ctranslate2
+
+Every runner is a function in ``RUNNERS`` (name -> fn(context, chunk of source id lists, setting) -> output
+id lists); add one there. Sources are sorted by length and cut into batches of ``--batch`` sentences, each
+decoded with the cap ``1.5 m + 10`` tokens (m = the batch's longest source), pad and bos never generated.
+Beams are ranked by plain log-probability by default (``--alpha 0``): selfattn's GNMT penalty ((5+L)/6)^a,
+HF's L^a and CTranslate2's are different functions, so only alpha = 0 ranks hypotheses alike in all engines.
+Writes benchmarks/results/translate_speed.{json,md} (machine, versions and the command inside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "multi30k"
+
+
+@dataclass
+class Setting:
+    beam: int
+    batch: int
+    alpha: float = 0.0
+
+
+@dataclass
+class Context:
+    """The run and lazily built exports, shared by all runners."""
+
+    run: Path
+    threads: int
+    work: Path
+    model: torch.nn.Module = None
+    sp: object = None
+    cfg: object = None
+    cache: dict = field(default_factory=dict)
+
+    def export(self, fmt: str, quantization: str | None = None) -> Path:
+        key = f"{fmt}-{quantization or 'f32'}"
+        if key not in self.cache:
+            from selfattn.export.ctranslate2 import save_ctranslate2
+            from selfattn.export.hf import save_hf
+
+            out = self.work / key
+            if fmt == "hf":
+                save_hf(self.model, self.cfg, out, self.sp)
+            else:
+                save_ctranslate2(self.model, self.cfg, self.sp, out, quantization=quantization)
+            self.cache[key] = out
+        return self.cache[key]
+
+
+def cap(chunk: list[list[int]]) -> int:
+    return int(1.5 * max(len(s) for s in chunk)) + 10  # selfattn's DecodeConfig max_len_a, max_len_b
+
+
+def run_selfattn(ctx: Context, chunk: list[list[int]], s: Setting) -> list[list[int]]:
+    from selfattn.translation.translate import DecodeConfig, translate_ids
+
+    cfg = DecodeConfig(beam=s.beam, alpha=s.alpha, batch_tokens=10**9)  # one batch: the chunk
+    return [h[0][0] for h in translate_ids(ctx.model, chunk, ctx.sp, cfg)]
+
+
+def run_hf(ctx: Context, chunk: list[list[int]], s: Setting) -> list[list[int]]:
+    if "hf_model" not in ctx.cache:
+        import transformers
+
+        ctx.cache["hf_model"] = transformers.AutoModelForSeq2SeqLM.from_pretrained(ctx.export("hf")).eval()
+    hf = ctx.cache["hf_model"]
+    src = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)  # (b, m), 0 = pad
+    for i, ids in enumerate(chunk):
+        src[i, : len(ids)] = torch.tensor(ids)
+    with torch.no_grad():
+        out = hf.generate(input_ids=src, attention_mask=src != 0, num_beams=s.beam, do_sample=False,
+                          length_penalty=s.alpha, early_stopping=True, max_new_tokens=cap(chunk),
+                          suppress_tokens=[0, 1])
+    rows = out[:, 1:].tolist()  # drop the decoder start token
+    return [r[: r.index(2)] if 2 in r else [t for t in r if t != 0] for r in rows]
+
+
+def _ct2(quantization: str | None):
+    def run(ctx: Context, chunk: list[list[int]], s: Setting) -> list[list[int]]:
+        import ctranslate2
+
+        from selfattn.export.ctranslate2 import ct2_translate_ids
+
+        key = f"ct2-translator-{quantization}"
+        if key not in ctx.cache:
+            ctx.cache[key] = ctranslate2.Translator(str(ctx.export("ctranslate2", quantization)), device="cpu",
+                                                    compute_type=quantization or "float32", inter_threads=1,
+                                                    intra_threads=ctx.threads)
+        return ct2_translate_ids(None, chunk, ctx.sp, beam=s.beam, alpha=s.alpha, batch_size=len(chunk),
+                                 translator=ctx.cache[key])
+    return run
+
+
+RUNNERS: dict[str, Callable[[Context, list[list[int]], Setting], list[list[int]]]] = {
+    "selfattn": run_selfattn,
+    "hf": run_hf,
+    "ctranslate2": _ct2(None),
+    "ctranslate2-int8": _ct2("int8"),
+}
+
+
+def measure(ctx: Context, name: str, sources: list[list[int]], refs: list[str], s: Setting) -> dict:
+    from selfattn.translation.metrics import corpus_scores
+
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    chunks = [order[i : i + s.batch] for i in range(0, len(order), s.batch)]
+    RUNNERS[name](ctx, [sources[i] for i in chunks[0]], s)  # warm-up: loading, exporting, first-call costs
+    outputs: list[list[int]] = [[] for _ in sources]
+    t0 = time.perf_counter()
+    for idx in chunks:
+        for i, out in zip(idx, RUNNERS[name](ctx, [sources[i] for i in idx], s)):
+            outputs[i] = out
+    seconds = time.perf_counter() - t0
+    hyps = [ctx.sp.decode(o) for o in outputs]
+    scores = corpus_scores(hyps, refs)
+    return {"runner": name, **asdict(s), "sentences": len(sources), "seconds": round(seconds, 2),
+            "sentences_per_s": round(len(sources) / seconds, 2), "bleu": round(scores["bleu"], 2),
+            "bleu_lc": round(scores["bleu_lc"], 2), "outputs": outputs}
+
+
+def machine() -> dict:
+    import importlib.metadata as md
+
+    flags = ""
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = " ".join(f for f in line.split(":")[1].split() if f.startswith(("avx", "amx", "fma")))
+                break
+    versions = {}
+    for pkg in ("torch", "transformers", "ctranslate2", "sacrebleu"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "cpu_flags": flags,
+            "python": platform.python_version(), **versions}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="translation run directory (selfattn train --task translate)")
+    ap.add_argument("--data", default=str(DATA), help="directory with test2016.{src,tgt}")
+    ap.add_argument("--src", default="de")
+    ap.add_argument("--tgt", default="en")
+    ap.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated, of {sorted(RUNNERS)}")
+    ap.add_argument("--beams", default="4,1", help="comma-separated beam sizes (1 = greedy)")
+    ap.add_argument("--batch", type=int, default=32, help="sentences per batch")
+    ap.add_argument("--alpha", type=float, default=0.0, help="length penalty exponent (see the docstring)")
+    ap.add_argument("--sentences", type=int, default=0, help="first N test sentences (0 = all)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "translate_speed"))
+    args = ap.parse_args()
+    from selfattn.translation.translate import load_translation_run
+
+    torch.set_num_threads(args.threads)
+    unknown = set(args.runners.split(",")) - set(RUNNERS)
+    if unknown:
+        raise SystemExit(f"unknown runners {sorted(unknown)}; expected some of {sorted(RUNNERS)}")
+    model, sp, _ = load_translation_run(args.run)
+    src = Path(args.data, f"test2016.{args.src}").read_text(encoding="utf-8").splitlines()
+    refs = Path(args.data, f"test2016.{args.tgt}").read_text(encoding="utf-8").splitlines()
+    if args.sentences:
+        src, refs = src[: args.sentences], refs[: args.sentences]
+    sources = [ids[:256] or [sp.unk_id] for ids in sp.encode_batch(src)]
+    with tempfile.TemporaryDirectory() as work:
+        ctx = Context(Path(args.run), args.threads, Path(work), model, sp, model.cfg)
+        rows = []
+        for beam in map(int, args.beams.split(",")):
+            for name in args.runners.split(","):
+                row = measure(ctx, name, sources, refs, Setting(beam, args.batch, args.alpha))
+                print({k: v for k, v in row.items() if k != "outputs"}, flush=True)
+                rows.append(row)
+    for row in rows:  # agreement with selfattn's own outputs, sentence by sentence
+        ref = next((r for r in rows if r["runner"] == "selfattn" and r["beam"] == row["beam"]), None)
+        row["same_as_selfattn"] = (sum(a == b for a, b in zip(row["outputs"], ref["outputs"])) / len(sources)
+                                   if ref else None)
+    doc = {"machine": machine(), "command": " ".join(sys.argv), "run": str(args.run),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
+           "results": [{k: v for k, v in r.items() if k != "outputs"} for r in rows]}
+    from selfattn.training.checkpoint import atomic_write_bytes
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out + ".json", (json.dumps(doc, indent=1) + "\n").encode())
+    lines = [f"# translate_speed ({doc['date']})", "", f"`{doc['command']}`", "", f"machine: {doc['machine']}", "",
+             "| runner | beam | batch | sentences/s | BLEU | BLEU-lc | same output as selfattn |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["results"]:
+        same = "" if r["same_as_selfattn"] is None else f"{100 * r['same_as_selfattn']:.1f}%"
+        lines.append(f"| {r['runner']} | {r['beam']} | {r['batch']} | {r['sentences_per_s']} | {r['bleu']} | "
+                     f"{r['bleu_lc']} | {same} |")
+    atomic_write_bytes(args.out + ".md", ("\n".join(lines) + "\n").encode())
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -183,21 +183,24 @@ def main() -> None:
     sources = [ids[:256] or [sp.unk_id] for ids in sp.encode_batch(src)]
     with tempfile.TemporaryDirectory() as work:
         ctx = Context(Path(args.run), args.threads, Path(work), model, sp, model.cfg)
-        rows = []
+        rows: list[dict] = []
         for beam in map(int, args.beams.split(",")):
             for name in args.runners.split(","):
                 row = measure(ctx, name, sources, refs, Setting(beam, args.batch, args.alpha))
                 print({k: v for k, v in row.items() if k != "outputs"}, flush=True)
                 rows.append(row)
+                write(args, rows, len(sources))  # after every row: a long run stopped early keeps its results
+
+
+def write(args, rows: list[dict], n: int) -> None:
+    from selfattn.training.checkpoint import atomic_write_bytes
+
     for row in rows:  # agreement with selfattn's own outputs, sentence by sentence
         ref = next((r for r in rows if r["runner"] == "selfattn" and r["beam"] == row["beam"]), None)
-        row["same_as_selfattn"] = (sum(a == b for a, b in zip(row["outputs"], ref["outputs"])) / len(sources)
-                                   if ref else None)
+        row["same_as_selfattn"] = sum(a == b for a, b in zip(row["outputs"], ref["outputs"])) / n if ref else None
     doc = {"machine": machine(), "command": " ".join(sys.argv), "run": str(args.run),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
            "results": [{k: v for k, v in r.items() if k != "outputs"} for r in rows]}
-    from selfattn.training.checkpoint import atomic_write_bytes
-
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out + ".json", (json.dumps(doc, indent=1) + "\n").encode())
     lines = [f"# translate_speed ({doc['date']})", "", f"`{doc['command']}`", "", f"machine: {doc['machine']}", "",
@@ -208,8 +211,6 @@ def main() -> None:
         lines.append(f"| {r['runner']} | {r['beam']} | {r['batch']} | {r['sentences_per_s']} | {r['bleu']} | "
                      f"{r['bleu_lc']} | {same} |")
     atomic_write_bytes(args.out + ".md", ("\n".join(lines) + "\n").encode())
-    print("\n".join(lines))
-
 
 if __name__ == "__main__":
     main()

@@ -36,8 +36,11 @@ def test_same_translations_as_selfattn_in_float32(tmp_path, sp, translator, beam
 
 def test_int8_model_is_quantized_and_translates(tmp_path, sp, translator, one_thread):
     model, cfg = translator
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     save_ctranslate2(model, cfg, sp, tmp_path / "f32")
     save_ctranslate2(model, cfg, sp, tmp_path / "int8", quantization="int8")
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert not changed  # the converter quantizes in place: it must work on copies
     f32, int8 = (tmp_path / "f32" / "model.bin").stat().st_size, (tmp_path / "int8" / "model.bin").stat().st_size
     assert int8 < 0.6 * f32  # int8 weights: about a quarter of the matrices' bytes
     sources = _sources(len(sp))

@@ -43,7 +43,8 @@ def check_config(cfg: ModelConfig) -> None:
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().float().cpu().contiguous().numpy()
+    """A float32 copy: the converter quantizes its arrays in place, which must not reach the model."""
+    return t.detach().float().cpu().numpy().copy()
 
 
 def _linear(spec, sd: dict, *names: str) -> None:

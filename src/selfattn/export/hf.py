@@ -95,7 +95,7 @@ def seq2seq_state_dict(model: nn.Module, cfg: ModelConfig, target: str) -> dict[
     """Our Transformer's tensors under Marian/Pegasus names, residual channels permuted (module docstring)."""
     c = cfg.d_model
     perm = torch.cat([torch.arange(0, c, 2), torch.arange(1, c, 2)])  # Marian channel j <- our channel perm[j]
-    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().float().clone() for k, v in model.state_dict().items()}  # never alias the model
     out: dict[str, Tensor] = {}
 
     def reads(dst: str, src: str) -> None:  # nn.Linear reading the residual stream: permute input columns
@@ -155,7 +155,7 @@ def _gpt2(model: nn.Module, cfg: ModelConfig, ids: dict[str, int]):
         layer_norm_epsilon=cfg.norm_eps, tie_word_embeddings=tied, architectures=["GPT2LMHeadModel"],
         bos_token_id=ids.get("bos"), eos_token_id=ids.get("eos"), pad_token_id=ids.get("pad"),
     )
-    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().float().clone() for k, v in model.state_dict().items()}  # never alias the model
     scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
     out = {"transformer.wte.weight": sd["embed.token.weight"] * scale,
            "transformer.wpe.weight": _positions(model, cfg, "embed").float(),
@@ -190,7 +190,7 @@ def _bert(model: nn.Module, cfg: ModelConfig, ids: dict[str, int]):
         max_position_embeddings=cfg.max_len, type_vocab_size=max(1, cfg.type_vocab_size),
         layer_norm_eps=cfg.norm_eps, pad_token_id=ids.get("pad", 0), architectures=["BertModel"],
     )
-    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().float().clone() for k, v in model.state_dict().items()}  # never alias the model
     scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
     types = sd["embed.token_type.weight"] if cfg.type_vocab_size else torch.zeros(1, cfg.d_model)
     c = cfg.d_model

@@ -1,181 +1,207 @@
-"""Translation speed and BLEU side by side: selfattn eager, compiled and int8 (others can be added).
+"""Translation speed and BLEU side by side: selfattn, Hugging Face ``generate()`` on the exported model,
+CTranslate2 float32 and int8 — the same trained run, the same sentences, batches and length caps.
 
-    python benchmarks/translate_speed.py --run runs/m30k                       # test2016, beam 4 and greedy, batch 32 and 1
-    python benchmarks/translate_speed.py --run runs/m30k --runners selfattn-eager,selfattn-int8 --num-sentences 200
+    python benchmarks/translate_speed.py --run runs/m30k                       # test2016, beam 4 and greedy, batch 32
+    python benchmarks/translate_speed.py --run runs/m30k --batch 1 --sentences 100 --runners selfattn,ctranslate2
 
-Each runner is a factory in RUNNERS: ``factory(run_dir) -> translate(sentences, beam) -> hypotheses``; it prepares
-its engine once (load, quantize, compile, convert) and is then timed on the sentences, cut into length-sorted
-batches of ``--batch`` sentences. A compiled runner is warmed up (compiled) on a few batches first; that time is
-reported apart. Threads: ``--threads`` (default 2) for every engine. BLEU: sacreBLEU, cased, 13a.
-
-Writes one current result, ``benchmarks/results/translate_speed.json`` and ``.md``, with the machine inside.
+Every runner is a function in ``RUNNERS`` (name -> fn(context, chunk of source id lists, setting) -> output
+id lists); add one there. Sources are sorted by length and cut into batches of ``--batch`` sentences, each
+decoded with the cap ``1.5 m + 10`` tokens (m = the batch's longest source), pad and bos never generated.
+Beams are ranked by plain log-probability by default (``--alpha 0``): selfattn's GNMT penalty ((5+L)/6)^a,
+HF's L^a and CTranslate2's are different functions, so only alpha = 0 ranks hypotheses alike in all engines.
+Writes benchmarks/results/translate_speed.{json,md} (machine, versions and the command inside).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
-Translate = Callable[[list[str], int], list[str]]
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _machine import machine, machine_line  # noqa: E402  (benchmarks/_machine.py)
+
+DATA = ROOT.parent / "shared" / "data" / "multi30k"
 
 
-def _selfattn(int8: bool = False, compile: bool = False) -> Callable[[str], Translate]:
-    def factory(run_dir: str) -> Translate:
+@dataclass
+class Setting:
+    beam: int
+    batch: int
+    alpha: float = 0.0
+
+
+@dataclass
+class Context:
+    """The run and lazily built exports, shared by all runners."""
+
+    run: Path
+    threads: int
+    work: Path
+    model: torch.nn.Module = None
+    sp: object = None
+    cfg: object = None
+    cache: dict = field(default_factory=dict)
+
+    def export(self, fmt: str, quantization: str | None = None) -> Path:
+        key = f"{fmt}-{quantization or 'f32'}"
+        if key not in self.cache:
+            from selfattn.export.ctranslate2 import save_ctranslate2
+            from selfattn.export.hf import save_hf
+
+            out = self.work / key
+            if fmt == "hf":
+                save_hf(self.model, self.cfg, out, self.sp)
+            else:
+                save_ctranslate2(self.model, self.cfg, self.sp, out, quantization=quantization)
+            self.cache[key] = out
+        return self.cache[key]
+
+
+def cap(chunk: list[list[int]]) -> int:
+    return int(1.5 * max(len(s) for s in chunk)) + 10  # selfattn's DecodeConfig max_len_a, max_len_b
+
+
+def _selfattn(int8: bool = False, compile: bool = False):
+    """selfattn's own batched search: eager, with int8 dynamic-quantized linears, or a compiled decoder step."""
+    def run(ctx: Context, chunk: list[list[int]], s: Setting) -> list[list[int]]:
         from selfattn.generation.fast import for_inference
-        from selfattn.translation import DecodeConfig, load_translation_run, translate
+        from selfattn.translation.translate import DecodeConfig, translate_ids
 
-        model, sp, _ = load_translation_run(run_dir)
-        if int8 or compile:
-            model = for_inference(model, int8=int8, compile=compile)
-
-        def run(sentences: list[str], beam: int) -> list[str]:
-            cfg = DecodeConfig(beam=beam, batch_tokens=10**9)  # the caller decides the batch
-            return [h[0][0] for h in translate(model, sp, sentences, cfg)]
-
-        return run
-
-    return factory
+        key = f"selfattn-int8={int8}-compile={compile}"
+        if key not in ctx.cache:
+            ctx.cache[key] = for_inference(ctx.model, int8=int8, compile=compile) if int8 or compile else ctx.model
+        cfg = DecodeConfig(beam=s.beam, alpha=s.alpha, batch_tokens=10**9)  # one batch: the chunk
+        return [h[0][0] for h in translate_ids(ctx.cache[key], chunk, ctx.sp, cfg)]
+    return run
 
 
-# name -> factory; other engines (Hugging Face generate(), CTranslate2) add entries here
-RUNNERS: dict[str, Callable[[str], Translate]] = {
-    "selfattn-eager": _selfattn(),
-    "selfattn-compiled": _selfattn(compile=True),
+def run_hf(ctx: Context, chunk: list[list[int]], s: Setting) -> list[list[int]]:
+    if "hf_model" not in ctx.cache:
+        import transformers
+
+        ctx.cache["hf_model"] = transformers.AutoModelForSeq2SeqLM.from_pretrained(ctx.export("hf")).eval()
+    hf = ctx.cache["hf_model"]
+    src = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)  # (b, m), 0 = pad
+    for i, ids in enumerate(chunk):
+        src[i, : len(ids)] = torch.tensor(ids)
+    with torch.no_grad():
+        out = hf.generate(input_ids=src, attention_mask=src != 0, num_beams=s.beam, do_sample=False,
+                          length_penalty=s.alpha, early_stopping=True, max_new_tokens=cap(chunk),
+                          suppress_tokens=[0, 1])
+    rows = out[:, 1:].tolist()  # drop the decoder start token
+    return [r[: r.index(2)] if 2 in r else [t for t in r if t != 0] for r in rows]
+
+
+def _ct2(quantization: str | None):
+    def run(ctx: Context, chunk: list[list[int]], s: Setting) -> list[list[int]]:
+        import ctranslate2
+
+        from selfattn.export.ctranslate2 import ct2_translate_ids
+
+        key = f"ct2-translator-{quantization}"
+        if key not in ctx.cache:
+            ctx.cache[key] = ctranslate2.Translator(str(ctx.export("ctranslate2", quantization)), device="cpu",
+                                                    compute_type=quantization or "float32", inter_threads=1,
+                                                    intra_threads=ctx.threads)
+        return ct2_translate_ids(None, chunk, ctx.sp, beam=s.beam, alpha=s.alpha, batch_size=len(chunk),
+                                 translator=ctx.cache[key])
+    return run
+
+
+RUNNERS: dict[str, Callable[[Context, list[list[int]], Setting], list[list[int]]]] = {
+    "selfattn": _selfattn(),
     "selfattn-int8": _selfattn(int8=True),
+    "selfattn-compiled": _selfattn(compile=True),
+    "hf": run_hf,
+    "ctranslate2": _ct2(None),
+    "ctranslate2-int8": _ct2("int8"),
 }
-WARMUP = {"selfattn-compiled"}  # runners whose first batches compile
 
 
-def machine() -> dict:
-    cpu, flags = platform.processor() or platform.machine(), []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        cpu = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
-        flags = sorted({f for f in text.split() if f.startswith(("avx512", "amx", "avx2", "fma"))})
-    except (OSError, StopIteration):
-        pass
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("sacrebleu", "transformers", "ctranslate2", "onnxruntime"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "flags": flags, "threads": torch.get_num_threads(),
-            "versions": versions, "load_average": os.getloadavg()}
-
-
-def batches(sentences: list[str], size: int) -> list[list[int]]:
-    """Indices cut into batches of ``size``, shortest sentences first (as engines batch in practice)."""
-    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i].split()))
-    return [order[i:i + size] for i in range(0, len(order), size)]
-
-
-def measure(fn: Translate, srcs: list[str], refs: list[str], beam: int, batch: int, warmup: bool) -> dict:
+def measure(ctx: Context, name: str, sources: list[list[int]], refs: list[str], s: Setting) -> dict:
     from selfattn.translation.metrics import corpus_scores
 
-    groups = batches(srcs, batch)
-    warm_s = 0.0
-    if warmup:  # compile on the first batches (every shape class), then time everything
-        t0 = time.perf_counter()
-        for g in groups[:2] + groups[-1:]:
-            fn([srcs[i] for i in g], beam)
-        warm_s = time.perf_counter() - t0
-    hyps: list[str | None] = [None] * len(srcs)
-    times = []
-    for g in groups:
-        t0 = time.perf_counter()
-        out = fn([srcs[i] for i in g], beam)
-        times.append(time.perf_counter() - t0)
-        for i, h in zip(g, out):
-            hyps[i] = h
-    seconds = sum(times)
-    s = corpus_scores(hyps, refs)
-    return {"beam": beam, "batch": batch, "sentences": len(srcs), "seconds": seconds,
-            "sentences_per_s": len(srcs) / seconds, "median_batch_s": statistics.median(times),
-            "warmup_s": warm_s, "bleu": s["bleu"], "bleu_signature": s["signatures"]["bleu"]}
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    chunks = [order[i : i + s.batch] for i in range(0, len(order), s.batch)]
+    RUNNERS[name](ctx, [sources[i] for i in chunks[0]], s)  # warm-up: loading, exporting, first-call costs
+    outputs: list[list[int]] = [[] for _ in sources]
+    t0 = time.perf_counter()
+    for idx in chunks:
+        for i, out in zip(idx, RUNNERS[name](ctx, [sources[i] for i in idx], s)):
+            outputs[i] = out
+    seconds = time.perf_counter() - t0
+    hyps = [ctx.sp.decode(o) for o in outputs]
+    scores = corpus_scores(hyps, refs)
+    return {"runner": name, **asdict(s), "sentences": len(sources), "seconds": round(seconds, 2),
+            "sentences_per_s": round(len(sources) / seconds, 2), "bleu": round(scores["bleu"], 2),
+            "bleu_lc": round(scores["bleu_lc"], 2), "outputs": outputs}
 
 
-def markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = [f"# translate_speed: {result['data']}", "",
-             f"`{result['command']}`", "",
-             f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['versions']['torch']}; "
-             f"load average at start {m['load_average'][0]:.1f} (shared machine: timings are noisy)", "",
-             "| runner | beam | batch | sentences/s | BLEU | warm-up s |", "|---|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        if "error" in r:
-            lines.append(f"| {r['runner']} | {r['beam']} | {r['batch']} | error: {r['error']} | | |")
-        else:
-            lines.append(f"| {r['runner']} | {r['beam']} | {r['batch']} | {r['sentences_per_s']:.1f} | "
-                         f"{r['bleu']:.2f} | {r['warmup_s']:.0f} |")
-    return "\n".join(lines) + "\n"
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="translation run directory (selfattn train --task translate)")
+    ap.add_argument("--data", default=str(DATA), help="directory with test2016.{src,tgt}")
+    ap.add_argument("--src", default="de")
+    ap.add_argument("--tgt", default="en")
+    ap.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated, of {sorted(RUNNERS)}")
+    ap.add_argument("--beams", default="4,1", help="comma-separated beam sizes (1 = greedy)")
+    ap.add_argument("--batch", type=int, default=32, help="sentences per batch")
+    ap.add_argument("--alpha", type=float, default=0.0, help="length penalty exponent (see the docstring)")
+    ap.add_argument("--sentences", type=int, default=0, help="first N test sentences (0 = all)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "translate_speed"))
+    args = ap.parse_args()
+    from selfattn.translation.translate import load_translation_run
 
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="translation run directory (selfattn train --task translate)")
-    p.add_argument("--data", default="../shared/data/multi30k", help="directory with test2016.{de,en}")
-    p.add_argument("--split", default="test2016")
-    p.add_argument("--src", default="de")
-    p.add_argument("--tgt", default="en")
-    p.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated, of {', '.join(RUNNERS)}")
-    p.add_argument("--beams", default="4,1")
-    p.add_argument("--batches", default="32,1")
-    p.add_argument("--num-sentences", type=int, default=0, help="only the first N sentences (default all)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(RESULTS / "translate_speed"), help="result path without suffix")
-    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = Path(args.data)
-    srcs = (data / f"{args.split}.{args.src}").read_text(encoding="utf-8").splitlines()
-    refs = (data / f"{args.split}.{args.tgt}").read_text(encoding="utf-8").splitlines()
-    if args.num_sentences:
-        srcs, refs = srcs[: args.num_sentences], refs[: args.num_sentences]
-    unknown = [r for r in args.runners.split(",") if r not in RUNNERS]
+    unknown = set(args.runners.split(",")) - set(RUNNERS)
     if unknown:
-        p.error(f"unknown runners {unknown}; expected some of {sorted(RUNNERS)}")
-    rows = []
-    for name in args.runners.split(","):
-        t0 = time.perf_counter()
-        fn = RUNNERS[name](args.run)
-        prepare_s = time.perf_counter() - t0
-        for beam in (int(b) for b in args.beams.split(",")):
-            for batch in (int(b) for b in args.batches.split(",")):
-                try:
-                    row = measure(fn, srcs, refs, beam, batch, name in WARMUP)
-                except Exception as e:  # one engine failing must not lose the others' numbers
-                    row = {"beam": beam, "batch": batch, "error": f"{type(e).__name__}: {e}"[:200]}
-                rows.append({"runner": name, "prepare_s": prepare_s, **row})
-                print(json.dumps(rows[-1]), file=sys.stderr)
-    result = {"data": f"{args.data}/{args.split}.{args.src}->{args.tgt}", "run": args.run,
-              "command": "python benchmarks/translate_speed.py " + " ".join(argv or sys.argv[1:]),
-              "machine": machine(), "rows": rows}
-    write_atomic(Path(args.out + ".json"), json.dumps(result, indent=1) + "\n")
-    write_atomic(Path(args.out + ".md"), markdown(result))
-    print(markdown(result))
-    return 0
+        raise SystemExit(f"unknown runners {sorted(unknown)}; expected some of {sorted(RUNNERS)}")
+    model, sp, _ = load_translation_run(args.run)
+    src = Path(args.data, f"test2016.{args.src}").read_text(encoding="utf-8").splitlines()
+    refs = Path(args.data, f"test2016.{args.tgt}").read_text(encoding="utf-8").splitlines()
+    if args.sentences:
+        src, refs = src[: args.sentences], refs[: args.sentences]
+    sources = [ids[:256] or [sp.unk_id] for ids in sp.encode_batch(src)]
+    with tempfile.TemporaryDirectory() as work:
+        ctx = Context(Path(args.run), args.threads, Path(work), model, sp, model.cfg)
+        rows: list[dict] = []
+        for beam in map(int, args.beams.split(",")):
+            for name in args.runners.split(","):
+                row = measure(ctx, name, sources, refs, Setting(beam, args.batch, args.alpha))
+                print({k: v for k, v in row.items() if k != "outputs"}, flush=True)
+                rows.append(row)
+                write(args, rows, len(sources))  # after every row: a long run stopped early keeps its results
+
+
+def write(args, rows: list[dict], n: int) -> None:
+    from selfattn.io import atomic_write_bytes
+
+    for row in rows:  # agreement with selfattn's own outputs, sentence by sentence
+        ref = next((r for r in rows if r["runner"] == "selfattn" and r["beam"] == row["beam"]), None)
+        row["same_as_selfattn"] = sum(a == b for a, b in zip(row["outputs"], ref["outputs"])) / n if ref else None
+    doc = {"machine": machine(), "run": str(args.run), "threads": args.threads,
+           "results": [{k: v for k, v in r.items() if k != "outputs"} for r in rows]}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out + ".json", (json.dumps(doc, indent=1) + "\n").encode())
+    lines = ["**translate_speed**", "", machine_line(doc["machine"]), "",
+             "| runner | beam | batch | sentences/s | BLEU | BLEU-lc | same output as selfattn |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["results"]:
+        same = "" if r["same_as_selfattn"] is None else f"{100 * r['same_as_selfattn']:.1f}%"
+        lines.append(f"| {r['runner']} | {r['beam']} | {r['batch']} | {r['sentences_per_s']} | {r['bleu']} | "
+                     f"{r['bleu_lc']} | {same} |")
+    atomic_write_bytes(args.out + ".md", ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

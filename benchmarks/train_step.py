@@ -49,6 +49,9 @@ class PlainTransformer(nn.Module):
 
     def __init__(self):
         super().__init__()
+        import warnings
+
+        warnings.filterwarnings("ignore", message="enable_nested_tensor is True")  # norm_first: nn says so itself
         self.embed = nn.Embedding(V, C)
         nn.init.normal_(self.embed.weight, 0.0, C**-0.5)
         self.register_buffer("pe", sinusoidal_table(512, C), persistent=False)
@@ -60,7 +63,7 @@ class PlainTransformer(nn.Module):
         n = tgt.shape[1]
         xs = self.drop(self.embed(src) * C**0.5 + self.pe[: src.shape[1]])  # (b, m, c)
         xt = self.drop(self.embed(tgt) * C**0.5 + self.pe[:n])  # (b, n, c)
-        causal = nn.Transformer.generate_square_subsequent_mask(n, device=src.device)  # (n, n) -inf above
+        causal = torch.ones(n, n, dtype=torch.bool, device=src.device).triu(1)  # (n, n) True = masked (nn's)
         h = self.core(xs, xt, tgt_mask=causal, src_key_padding_mask=src_pad, tgt_key_padding_mask=tgt_pad,
                       memory_key_padding_mask=src_pad, tgt_is_causal=True)  # (b, n, c)
         return h @ self.embed.weight.t()  # (b, n, V)
@@ -117,7 +120,7 @@ class Runner:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.losses.append(float(loss))
+        self.losses.append(float(loss.detach()))
         return time.perf_counter() - t0
 
 
@@ -150,9 +153,12 @@ def main() -> None:
     ap.add_argument("--min-len", type=int, default=10, help="shortest pair before padding to --length")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=7, help="timed rounds (each runs every configuration once)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 on a busy shared machine")
     ap.add_argument("--only", default="", help="comma-separated configuration names (default: all four)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step"))
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batch = make_batch(args.batch, args.length, args.min_len, seed=0)
     cfg = preset("small")

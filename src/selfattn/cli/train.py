@@ -79,6 +79,8 @@ def run(args) -> int:
         print(f"run dir {run_dir} | {model_cfg.kind} model, {model.num_parameters():,} parameters | "
               f"task {task.name} | {world} process(es) on {device}")
     trainer = Trainer(model, task, train_cfg, run_dir, device=device)
+    if rank == 0:
+        print(f"precision: {trainer.amp_reason}")
     try:
         result = trainer.fit(resume=args.resume)
     finally:

@@ -178,3 +178,30 @@ def test_amp_auto_is_bf16_only_with_bf16_units_and_recorded_resolved(tmp_path, m
     assert resolve_amp("auto", torch.device("cuda"))[0] == "none"  # GPUs: not measured, explicit bf16 only
     with pytest.raises(ValueError, match=r"amp must be one of \('auto', 'none', 'bf16'\), got 'fp16'"):
         TrainConfig(amp="fp16")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_smoothed_cross_entropy_value_and_gradient_vs_float64_definition(dtype):
+    """The blockwise loss (several row blocks, ignored rows) against autograd through the float64 definition."""
+    from selfattn.training.loss import ROWS
+
+    V, eps = 50, 0.1
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, ROWS, V, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+    targets = torch.randint(0, V, (3, ROWS), generator=g)
+    targets[1, 5:40] = -100
+    z = logits.detach().double().requires_grad_()  # the same (rounded) values, float64 from here on
+    keep = targets != -100
+    q = torch.full((3, ROWS, V), eps / V, dtype=torch.float64)
+    q.scatter_add_(-1, targets.clamp(min=0)[..., None], torch.full((3, ROWS, 1), 1 - eps, dtype=torch.float64))
+    ref = (-(q * z.log_softmax(-1)).sum(-1) * keep).sum()
+    ref.backward()
+    got = smoothed_cross_entropy(logits, targets, eps)
+    got.backward()
+    # float64: rounding only (the row sums over V). bf16 logits: float32 statistics over V terms per row and a
+    # sum of 3·ROWS rows, then the gradient rounded once to bf16 (relative 2^-8 of each entry).
+    stat_eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+    assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=8 * V * stat_eps)
+    grad_tol = 8 * V * stat_eps if dtype == torch.float64 else 2**-8
+    torch.testing.assert_close(logits.grad.double(), z.grad, rtol=grad_tol, atol=grad_tol * float(z.grad.abs().max()))
+    assert logits.grad.dtype == dtype and not logits.grad[1, 5:40].any()  # ignored rows get no gradient

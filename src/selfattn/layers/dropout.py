@@ -11,7 +11,8 @@ draw) and is kept when those bits, read as a signed 16-bit integer, lie at or ab
 
 so E[dropout(x)] = x exactly. The bits come from torch's default generator of the tensor's device, so a
 run is reproducible wherever torch's generator state is (the Trainer restores it on resume).
-The backward saves only the boolean mask (1 byte per element).
+The mask is kept as 0/1 values in the activation's dtype (see :func:`keep_weights` for why not booleans);
+the backward saves only it.
 """
 
 from __future__ import annotations
@@ -34,43 +35,63 @@ def drop_probability(p: float) -> float:
     return round(p * _LEVELS) / _LEVELS
 
 
+def _uniform16(shape: torch.Size | tuple[int, ...], device) -> Tensor:
+    """int16 tensor of ``shape``, each element uniform on the 65536 values (16 bits of an int64 draw)."""
+    numel = math.prod(shape)
+    words = torch.empty(-(-numel // 4), dtype=torch.int64, device=device).random_(-(2**63), None)  # 64 bits each
+    return words.view(torch.int16)[:numel].view(shape)  # 4 elements per word, (...) = shape
+
+
+def _threshold(p: float) -> int:
+    return -(_LEVELS // 2) + round(p * _LEVELS)  # keep ⇔ u >= threshold
+
+
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
     """Boolean mask of ``shape``, True = keep, each element dropped with probability ``drop_probability(p)``."""
     _check_p(p)
-    numel = math.prod(shape)
-    words = torch.empty(-(-numel // 4), dtype=torch.int64, device=device).random_(-(2**63), None)  # 64 bits each
-    u = words.view(torch.int16)[:numel].view(shape)  # 4 uniform int16 per word, (...) = shape
-    return u >= -(_LEVELS // 2) + round(p * _LEVELS)
+    return _uniform16(shape, device) >= _threshold(p)
+
+
+def keep_weights(shape, p: float, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
+    """The same draws as :func:`keep_mask` as 0/1 values of ``dtype``.
+
+    Built arithmetically (int16 -> float32, shift, clamp to [0, 1]: exact for integers) because on CPU the
+    boolean paths (``where``, ``masked_fill``, ``x * bool``, bool -> bf16) run ~35x slower in bf16 than a
+    multiply of two bf16 tensors (measured 10-14 ms vs 0.3 ms for (64, 32, 1024)).
+    """
+    _check_p(p)
+    u = _uniform16(shape, device).to(torch.float32)
+    return u.sub_(_threshold(p) - 1).clamp_(0.0, 1.0).to(dtype)  # u >= threshold ⇔ u - threshold + 1 >= 1
 
 
 class _MaskedScale(torch.autograd.Function):
-    """where(keep, x, 0) · scale, and the same for the gradient."""
+    """x · keep · scale (keep 0/1 in x's dtype), and the same for the gradient."""
 
     @staticmethod
     def forward(ctx, x: Tensor, keep: Tensor, scale: float) -> Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.where(keep, x, 0).mul_(scale)
+        return (x * keep).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad, 0).mul_(ctx.scale), None, None
+        return (grad * keep).mul_(ctx.scale), None, None
 
 
 class _ResidualDropout(torch.autograd.Function):
-    """x + where(keep, y, 0) · scale in one add (``torch.add(..., alpha=scale)``)."""
+    """x + y · keep · scale with the scale applied inside the add (``torch.add(..., alpha=scale)``)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, keep: Tensor, scale: float) -> Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.add(x, torch.where(keep, y, 0), alpha=scale)
+        return torch.add(x, y * keep, alpha=scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (keep,) = ctx.saved_tensors
-        return grad, torch.where(keep, grad, 0).mul_(ctx.scale), None, None
+        return grad, (grad * keep).mul_(ctx.scale), None, None
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
@@ -78,7 +99,8 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     _check_p(p)
     if not training or p == 0.0:
         return x
-    return _MaskedScale.apply(x, keep_mask(x.shape, p, x.device), 1.0 / (1.0 - drop_probability(p)))
+    keep = keep_weights(x.shape, p, x.dtype, x.device)
+    return _MaskedScale.apply(x, keep, 1.0 / (1.0 - drop_probability(p)))
 
 
 def residual_dropout(x: Tensor, y: Tensor, p: float, training: bool = True) -> Tensor:
@@ -90,7 +112,8 @@ def residual_dropout(x: Tensor, y: Tensor, p: float, training: bool = True) -> T
         raise ValueError(f"residual and sublayer output must have one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     y = y.to(torch.promote_types(x.dtype, y.dtype))
     x = x.to(y.dtype)
-    return _ResidualDropout.apply(x, y, keep_mask(y.shape, p, y.device), 1.0 / (1.0 - drop_probability(p)))
+    keep = keep_weights(y.shape, p, y.dtype, y.device)
+    return _ResidualDropout.apply(x, y, keep, 1.0 / (1.0 - drop_probability(p)))
 
 
 class Dropout(nn.Module):
@@ -108,4 +131,4 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-__all__ = ["Dropout", "drop_probability", "dropout", "keep_mask", "residual_dropout"]
+__all__ = ["Dropout", "drop_probability", "dropout", "keep_mask", "keep_weights", "residual_dropout"]

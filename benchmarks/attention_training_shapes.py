@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import selfattn  # noqa: E402
-from selfattn.attention import BACKENDS  # noqa: E402
-from selfattn.io import atomic_write_json, atomic_write_text  # noqa: E402
-from train_step import machine  # noqa: E402
+from train_step import machine
+
+import selfattn
+from selfattn.attention import BACKENDS
+from selfattn.io import atomic_write_json, atomic_write_text
 
 HEADS = 8
 
@@ -86,18 +87,23 @@ def run_case(n, problems, d, dtype, mask_kind, repeats) -> dict:
 
 def markdown(res: dict) -> str:
     m = res["machine"]
-    lines = [f"# attention_training_shapes: short sequences, many problems (head dim {res['head_dim']})", "",
-             f"Machine: {m['processor']}, {m['cores']} cores, {m['threads']} torch threads, torch {m['torch']} "
-             f"({m['torch_cpu_capability']}); load average at the end {m.get('load_average')}.",
-             f"Command: `python benchmarks/{res['command']}`; medians of {res['repeats']} interleaved repeats, ms.",
-             "", "| N | b*h | dtype | mask | fwd: torch / batched / C kernel | fastest | fwd+bwd: torch / batched / "
-             "C kernel | fastest | auto (fwd+bwd) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# attention_training_shapes: short sequences, many problems (head dim {res['head_dim']})", "",
+        (f"Machine: {m['processor']}, {m['cores']} cores, {m['threads']} torch threads, torch {m['torch']} "
+         f"({m['torch_cpu_capability']}); load average at the end {m.get('load_average')}."),
+        f"Command: `python benchmarks/{res['command']}`; medians of {res['repeats']} interleaved repeats, ms.", "",
+        ("| N | b*h | dtype | mask | fwd: torch / batched / C kernel | fastest | fwd+bwd: torch / batched / "
+         "C kernel | fastest | auto (fwd+bwd) |"),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(r: dict, mode: str) -> str:
+        kernel = "cpu_bf16" if r["dtype"] == "bfloat16" else "cpu_f32"
+        return " / ".join(f"{r[mode].get(name, float('nan')):.2f}" for name in ("torch", "batched", kernel))
+
     for r in res["cases"]:
-        def cell(mode):
-            return " / ".join(f"{r[mode].get(name, float('nan')):.2f}" for name in
-                              ("torch", "batched", "cpu_bf16" if r["dtype"] == "bfloat16" else "cpu_f32"))
-        lines.append(f"| {r['n']} | {r['problems']} | {r['dtype']} | {r['mask']} | {cell('fwd')} | "
-                     f"{r['fwd_fastest']} | {cell('fwdbwd')} | {r['fwdbwd_fastest']} | {r['fwdbwd_auto']} |")
+        lines.append(f"| {r['n']} | {r['problems']} | {r['dtype']} | {r['mask']} | {cell(r, 'fwd')} | "
+                     f"{r['fwd_fastest']} | {cell(r, 'fwdbwd')} | {r['fwdbwd_fastest']} | {r['fwdbwd_auto']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,6 @@ Writes benchmarks/results/train_step.{json,md} with the machine (CPU flags, core
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -36,10 +35,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from selfattn.io import atomic_write_json, atomic_write_text  # noqa: E402
-from selfattn.models import build_model, preset  # noqa: E402
-from selfattn.positional import sinusoidal_table  # noqa: E402
-from selfattn.training.loss import smoothed_cross_entropy  # noqa: E402
+from selfattn.io import atomic_write_json, atomic_write_text
+from selfattn.models import build_model, preset
+from selfattn.positional import sinusoidal_table
+from selfattn.training.loss import smoothed_cross_entropy
 
 V, C, HEADS, FF, LAYERS = 8000, 256, 8, 1024, 3
 
@@ -209,14 +208,17 @@ def main() -> None:
 
 def markdown(res: dict) -> str:
     m = res["machine"]
-    lines = [f"# train_step: one training step of `small` ({res['batch']} pairs x {res['length']} + "
-             f"{res['length']} tokens, lengths {res['min_len']}-{res['length']} padded)", "",
-             f"Machine: {m['processor']}, {m['cores']} cores, torch {m['torch']} ({m['torch_cpu_capability']}), "
-             f"flags {' '.join(m.get('flags', []))}; load average at the end {m.get('load_average')}.",
-             f"Command: `python benchmarks/{res['command']}`; medians of {res['rounds']} interleaved rounds "
-             f"after {res['warmup']} warm-up steps; {res['gflop_per_step']:.0f} GFLOP of matmuls per step.", "",
-             "| configuration | median step s | tokens/s | GFLOP/s | vs nn.Transformer bf16 | vs selfattn fp32 |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        (f"# train_step: one training step of `small` ({res['batch']} pairs x {res['length']} + "
+         f"{res['length']} tokens, lengths {res['min_len']}-{res['length']} padded)"), "",
+        (f"Machine: {m['processor']}, {m['cores']} cores, torch {m['torch']} ({m['torch_cpu_capability']}), "
+         f"{m['threads']} torch threads, flags {' '.join(m.get('flags', []))}; load average at the end "
+         f"{m.get('load_average')}."),
+        (f"Command: `python benchmarks/{res['command']}`; medians of {res['rounds']} interleaved rounds "
+         f"after {res['warmup']} warm-up steps; {res['gflop_per_step']:.0f} GFLOP of matmuls per step."), "",
+        "| configuration | median step s | tokens/s | GFLOP/s | vs nn.Transformer bf16 | vs selfattn fp32 |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
         a = r.get("vs nn.Transformer bf16", math.nan)
         b = r.get("vs selfattn fp32", math.nan)

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from selfattn.layers.dropout import Dropout, drop_probability, dropout, keep_mask, residual_dropout
+from selfattn.layers.dropout import (
+    Dropout,
+    drop_probability,
+    dropout,
+    keep_mask,
+    residual_dropout,
+)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])

@@ -91,11 +91,26 @@ def forward_flops(b: int, m: int, n: int) -> float:
     return float(enc + dec_self + dec_cross + dec_ff + b * n * 2 * C * V)
 
 
+def load_baseline(src: Path):
+    """Another checkout's ``selfattn`` (e.g. ``git archive <commit> src | tar -x -C DIR``) as package
+    ``selfattn_base``, beside this one, so old and new code run interleaved in one process."""
+    import importlib.util
+
+    init = src / "selfattn" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("selfattn_base", init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["selfattn_base"] = module
+    spec.loader.exec_module(module)
+    import selfattn_base.training.loss as base_loss  # noqa: PLC0415
+
+    return module, base_loss.smoothed_cross_entropy
+
+
 class Runner:
     """One model + optimizer + dtype policy; ``step()`` runs one training step and returns its seconds."""
 
-    def __init__(self, name: str, model: nn.Module, amp: bool, batch, plain: bool):
-        self.name, self.model, self.amp, self.plain = name, model, amp, plain
+    def __init__(self, name: str, model: nn.Module, amp: bool, batch, plain: bool, loss_fn=smoothed_cross_entropy):
+        self.name, self.model, self.amp, self.plain, self.loss_fn = name, model, amp, plain, loss_fn
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
         self.src, self.tgt_in, self.tgt_out = batch
         self.times: list[float] = []
@@ -114,7 +129,7 @@ class Runner:
             loss = F.cross_entropy(logits.float().flatten(0, 1), self.tgt_out.flatten(), ignore_index=-100,
                                    label_smoothing=0.1, reduction="sum")
         else:
-            loss = smoothed_cross_entropy(logits, self.tgt_out, 0.1)
+            loss = self.loss_fn(logits, self.tgt_out, 0.1)
         (loss / (self.tgt_out != -100).sum()).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
@@ -153,6 +168,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=7, help="timed rounds (each runs every configuration once)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 on a busy shared machine")
+    ap.add_argument("--baseline-src", default="", help="a src/ directory of older selfattn code to time too "
+                    "(configurations 'selfattn@base fp32/bf16')")
     ap.add_argument("--only", default="", help="comma-separated configuration names (default: all four)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step"))
     args = ap.parse_args()
@@ -174,6 +191,15 @@ def main() -> None:
                Runner("nn.Transformer bf16", plain(), True, batch, True),
                Runner("selfattn fp32", ours(), False, batch, False),
                Runner("selfattn bf16", ours(), True, batch, False)]
+    if args.baseline_src:
+        base, base_loss = load_baseline(Path(args.baseline_src))
+
+        def old():
+            torch.manual_seed(0)
+            return base.build_model(base.preset("small"))
+
+        runners += [Runner("selfattn@base fp32", old(), False, batch, False, base_loss),
+                    Runner("selfattn@base bf16", old(), True, batch, False, base_loss)]
     if args.only:
         keep = set(args.only.split(","))
         runners = [r for r in runners if r.name in keep]
@@ -193,13 +219,13 @@ def main() -> None:
                      "gflops_per_s": flops / med / 1e9, "last_loss_sum": r.losses[-1]})
     by = {row["name"]: row for row in rows}
     for row in rows:
-        for ref in ("nn.Transformer bf16", "selfattn fp32"):
+        for ref in ("nn.Transformer bf16", "selfattn fp32", "selfattn@base fp32"):
             if ref in by:
                 row[f"vs {ref}"] = by[ref]["median_s"] / row["median_s"]
     result = {"benchmark": "train_step", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "machine": machine(), "batch": args.batch, "length": args.length, "min_len": args.min_len,
               "tokens_per_step": tokens, "gflop_per_step": flops / 1e9, "warmup": args.warmup,
-              "rounds": args.steps, "rows": rows}
+              "rounds": args.steps, "baseline_src": args.baseline_src or None, "rows": rows}
     out = Path(args.out)
     atomic_write_json(out.with_suffix(".json"), result, mkdir=True)
     atomic_write_text(out.with_suffix(".md"), markdown(result))
@@ -216,14 +242,16 @@ def markdown(res: dict) -> str:
          f"{m.get('load_average')}."),
         (f"Command: `python benchmarks/{res['command']}`; medians of {res['rounds']} interleaved rounds "
          f"after {res['warmup']} warm-up steps; {res['gflop_per_step']:.0f} GFLOP of matmuls per step."), "",
-        "| configuration | median step s | tokens/s | GFLOP/s | vs nn.Transformer bf16 | vs selfattn fp32 |",
-        "|---|---|---|---|---|---|",
+        "| configuration | median step s | tokens/s | GFLOP/s | vs nn.Transformer bf16 | vs selfattn fp32 | "
+        "vs selfattn@base fp32 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         a = r.get("vs nn.Transformer bf16", math.nan)
         b = r.get("vs selfattn fp32", math.nan)
+        c = r.get("vs selfattn@base fp32", math.nan)
         lines.append(f"| {r['name']} | {r['median_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['gflops_per_s']:.0f} | "
-                     f"{a:.2f}x | {b:.2f}x |")
+                     f"{a:.2f}x | {b:.2f}x | {c:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

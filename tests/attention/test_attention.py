@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import selfattn
 from selfattn.attention import BACKENDS
 
-CPU_BACKENDS = ["math", "torch"]
+CPU_BACKENDS = ["math", "torch", "batched"]
 
 
 def reference(q, k, v, *, mask=None, causal=False, scale=None, window=None, alibi_slopes=None):

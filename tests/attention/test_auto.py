@@ -1,8 +1,9 @@
 """What "auto" picks once "flash" is registered, and that the reasons it gives are the real ones.
 
 These tests pin the policy among SDPA ("torch"), "flash" and "torch_f32" that a CPU without AVX-512
-gets: the C-kernel backends (cpu_bf16, cpu_f32; their policy is tested in test_cpu_fused.py) are
-taken out of the registry for them, whatever this machine's CPU is.
+gets: the C-kernel backends (cpu_bf16, cpu_f32; their policy is tested in test_cpu_fused.py) and the
+short-sequence "batched" backend (tested in test_batched.py) are taken out of the registry for them,
+whatever this machine's CPU is.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from selfattn.attention.flash import AUTO_MIN_SCORES, AUTO_SDPA_PAIR_RATE, DEFAU
 
 @pytest.fixture(autouse=True)
 def without_c_kernels():
-    with BACKENDS.temporarily(remove=("cpu_bf16", "cpu_f32")):
+    with BACKENDS.temporarily(remove=("cpu_bf16", "cpu_f32", "batched")):
         yield
 
 

@@ -119,7 +119,7 @@ def test_label_smoothed_loss_equals_its_definition_in_float64():
 def test_gradient_accumulation_equals_one_big_batch():
     task = PoolTask()
     common = dict(steps=2, schedule="constant", lr=0.1, eps=1.0, clip_grad_norm=0.0, eval_every=0, ckpt_every=0,
-                  progress=False)
+                  progress=False, amp="none")  # float32: the tolerances below are float32 rounding
     a, b = tiny_model(task), tiny_model(task)
     la = Trainer(a, task, TrainConfig(batch_size=8, accum_steps=2, **common)).fit().losses
     lb = Trainer(b, task, TrainConfig(batch_size=16, accum_steps=1, **common)).fit().losses
@@ -148,7 +148,7 @@ def test_training_learns_and_writes_metrics_and_png(tmp_path):
 def test_bf16_autocast_step_matches_float32_within_bf16_rounding():
     task = PoolTask(pool_size=16)
     cfg = dict(steps=1, batch_size=8, schedule="constant", lr=1e-3, eval_every=0, ckpt_every=0, progress=False)
-    fp32 = Trainer(tiny_model(task), task, TrainConfig(**cfg)).fit().losses[0]
+    fp32 = Trainer(tiny_model(task), task, TrainConfig(amp="none", **cfg)).fit().losses[0]
     bf16 = Trainer(tiny_model(task), task, TrainConfig(amp="bf16", **cfg)).fit().losses[0]
     # bf16 keeps 8 significand bits (eps 2^-8 relative per rounding); the loss of an untrained model is
     # ~log V and sums O(10) roundings through 2 layers, so 16 eps bounds it
@@ -178,3 +178,52 @@ def test_overrides_and_config_errors():
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
     assert math.isfinite(TrainConfig().lr)
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx512f", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"),
+                                             ({"avx2", "fma"}, "none")])
+def test_amp_auto_is_bf16_only_with_bf16_units_and_recorded_resolved(tmp_path, monkeypatch, flags, expected):
+    import json
+
+    from selfattn.attention import cpu_kernel
+    from selfattn.training.forward import resolve_amp
+
+    monkeypatch.setattr(cpu_kernel, "cpu_flags", lambda: set(flags))
+    assert TrainConfig().amp == "auto"
+    task = PoolTask(pool_size=16)
+    trainer = Trainer(tiny_model(task), task, TrainConfig(steps=1, batch_size=4, eval_every=0, progress=False),
+                      tmp_path)
+    assert trainer.cfg.amp == expected and f"amp {expected} (auto" in trainer.amp_reason
+    trainer.fit()
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["amp"] == expected  # resume is exact
+    assert resolve_amp("none", torch.device("cpu")) == ("none", "amp none (set explicitly)")
+    assert resolve_amp("auto", torch.device("cuda"))[0] == "none"  # GPUs: not measured, explicit bf16 only
+    with pytest.raises(ValueError, match=r"amp must be one of \('auto', 'none', 'bf16'\), got 'fp16'"):
+        TrainConfig(amp="fp16")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_smoothed_cross_entropy_value_and_gradient_vs_float64_definition(dtype):
+    """The blockwise loss (several row blocks, ignored rows) against autograd through the float64 definition."""
+    from selfattn.training.loss import ROWS
+
+    V, eps = 50, 0.1
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, ROWS, V, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+    targets = torch.randint(0, V, (3, ROWS), generator=g)
+    targets[1, 5:40] = -100
+    z = logits.detach().double().requires_grad_()  # the same (rounded) values, float64 from here on
+    keep = targets != -100
+    q = torch.full((3, ROWS, V), eps / V, dtype=torch.float64)
+    q.scatter_add_(-1, targets.clamp(min=0)[..., None], torch.full((3, ROWS, 1), 1 - eps, dtype=torch.float64))
+    ref = (-(q * z.log_softmax(-1)).sum(-1) * keep).sum()
+    ref.backward()
+    got = smoothed_cross_entropy(logits, targets, eps)
+    got.backward()
+    # float64: rounding only (the row sums over V). bf16 logits: float32 statistics over V terms per row and a
+    # sum of 3·ROWS rows, then the gradient rounded once to bf16 (relative 2^-8 of each entry).
+    stat_eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+    assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=8 * V * stat_eps)
+    grad_tol = 8 * V * stat_eps if dtype == torch.float64 else 2**-8
+    torch.testing.assert_close(logits.grad.double(), z.grad, rtol=grad_tol, atol=grad_tol * float(z.grad.abs().max()))
+    assert logits.grad.dtype == dtype and not logits.grad[1, 5:40].any()  # ignored rows get no gradient

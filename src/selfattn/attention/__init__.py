@@ -25,6 +25,7 @@ from .cpu_fused import (
     cpu_f32_attention, cpu_f32_auto_declines, cpu_f32_supports,
 )
 from .triton_backend import triton_attention, triton_supports
+from .batched import batched_attention, batched_auto_declines, batched_supports
 
 register_backend("math", math_attention, math_supports, priority=0,
                  description="readable reference: explicit scores, float32 softmax, can return weights")
@@ -42,6 +43,9 @@ register_backend("cpu_bf16", cpu_bf16_attention, cpu_bf16_supports, priority=18,
 register_backend("cpu_f32", cpu_f32_attention, cpu_f32_supports, priority=17,
                  auto_declines=cpu_f32_auto_declines,
                  description="fused float32 C kernel for CPUs with AVX-512, O(N) memory forward and backward")
+register_backend("batched", batched_attention, batched_supports, priority=19,
+                 auto_declines=batched_auto_declines,
+                 description="short sequences, many (batch x head) problems: batched matmuls, float32 softmax")
 register_backend("triton", triton_attention, triton_supports, priority=20,
                  description="fused FlashAttention-2 Triton kernel for CUDA (fp16/bf16), forward and backward")
 

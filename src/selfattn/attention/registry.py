@@ -270,6 +270,12 @@ def attention(
     Returns:
         (B, Hq, Nq, Dv) output, or ``(output, weights)`` when ``return_weights``.
     """
+    # the backends pick their own precision (float32 scores and statistics): autocast must not recast their matmuls
+    device_type = q.device.type if isinstance(q, Tensor) else "cpu"  # a non-tensor q fails validation below
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return attention(q, k, v, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=window,
+                             alibi_slopes=alibi_slopes, backend=backend, return_weights=return_weights)
     call = validate_call(q, k, v, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p,
                          window=window, alibi_slopes=alibi_slopes, return_weights=return_weights)
     kwargs = dict(mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=call.window,

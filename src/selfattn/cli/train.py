@@ -138,6 +138,8 @@ def _train(args, rank: int, world: int, device: str, state: dict) -> int:
                   f"task {plan.task.name} | {world} process(es) on {device}", flush=True)
         trainer = Trainer(model, plan.task, plan.train, run_dir, device=device, extra_config=plan.extra,
                           echo=lambda line: print(line, flush=True))
+        if rank == 0:
+            print(f"precision: {trainer.amp_reason}", flush=True)
         if args.resume:
             _resume(trainer, run_dir)
         state["trainer"] = trainer

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from .attention import KVCache, MultiHeadAttention
+from .dropout import residual_dropout
 from .feedforward import FeedForward
 from .norm import make_norm
 
@@ -52,13 +53,13 @@ class _Residual(nn.Module):
     def __init__(self, s: LayerSpec):
         super().__init__()
         self.norm = make_norm(s.norm, s.d_model, s.norm_eps)
-        self.dropout = nn.Dropout(s.dropout)
+        self.p_drop = s.dropout  # residual dropout, fused into the add (layers/dropout.py)
         self.norm_first = s.norm_first
 
     def forward(self, x: Tensor, fn) -> tuple[Tensor, Tensor | None]:
         out = fn(self.norm(x) if self.norm_first else x)
         y, weights = out if isinstance(out, tuple) else (out, None)
-        x = x + self.dropout(y)
+        x = residual_dropout(x, y, self.p_drop, self.training)
         return (x if self.norm_first else self.norm(x)), weights
 
 

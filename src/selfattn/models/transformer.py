@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..layers.attention import KVCache
 from ..layers.blocks import DecoderLayer, DecoderLayerCache, EncoderLayer
+from ..layers.dropout import Dropout
 from ..layers.norm import make_norm
 from ..positional import LearnedPositions, SinusoidalPositions, T5RelativeBias
 from .config import ModelConfig
@@ -70,7 +71,7 @@ class Embeddings(nn.Module):
             self.positions = LearnedPositions(cfg.d_model, cfg.max_len)
         self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.embed_norm else None
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)  # a cheap mask, not bernoulli_ (layers/dropout.py)
 
     def forward(self, tokens: Tensor, offset: int = 0, token_types: Tensor | None = None) -> Tensor:
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):

@@ -28,6 +28,7 @@ the metrics rows logged after its checkpoint and continues the ``time`` column. 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -46,7 +47,7 @@ from . import checkpoint as ckpt_io
 from .config import TrainConfig
 from .evaluate import evaluate
 from .faults import fault_point
-from .forward import autocast, forward_logits
+from .forward import autocast, forward_logits, resolve_amp
 from .loss import smoothed_cross_entropy
 from .metrics import MetricsLog, plot_losses
 from .optim import build_optimizer, lr_at
@@ -81,8 +82,10 @@ class Trainer:
         if not isinstance(task, Task):
             raise ValueError(f"the task must implement selfattn.task.Task (name, kind, vocab, batch, eval_batches, "
                              f"spec, model_overrides), got {type(task).__name__}")
-        self.task, self.cfg = task, cfg
         self.device = torch.device(device)
+        amp, self.amp_reason = resolve_amp(cfg.amp, self.device)  # "auto" resolved once, recorded in config.json
+        cfg = dataclasses.replace(cfg, amp=amp)
+        self.task, self.cfg = task, cfg
         self.model = model.to(self.device)
         self.model_cfg = getattr(model, "cfg", None)
         self.rank, self.world = world()

@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import RESULTS, machine, machine_line  # noqa: E402  (benchmarks/_machine.py)
+from _machine import RESULTS, machine, machine_line
 
-from selfattn.io import atomic_write_text  # noqa: E402
+from selfattn.io import atomic_write_text
+
 CASES = ("none", "causal", "window", "padding")
 CPU_IMPLS = ("naive", "sdpa", "math", "torch", "flash", "cpu_bf16", "cpu_f32", "auto")
 ONLY_DTYPE = {"cpu_bf16": "bfloat16", "cpu_f32": "float32"}  # backends that serve one dtype

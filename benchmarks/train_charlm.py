@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -28,10 +28,10 @@ import torch
 import selfattn
 from selfattn.data import CharLMTask
 from selfattn.io import atomic_write_json
-from selfattn.training import Trainer, TrainConfig, evaluate
+from selfattn.training import TrainConfig, Trainer, evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402  (benchmarks/_machine.py)
+from _machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"

@@ -101,7 +101,7 @@ def load_baseline(src: Path):
     module = importlib.util.module_from_spec(spec)
     sys.modules["selfattn_base"] = module
     spec.loader.exec_module(module)
-    import selfattn_base.training.loss as base_loss  # noqa: PLC0415
+    import selfattn_base.training.loss as base_loss
 
     return module, base_loss.smoothed_cross_entropy
 

@@ -19,15 +19,15 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _machine import machine, machine_line  # noqa: E402  (benchmarks/_machine.py)
+from _machine import machine, machine_line
 
 DATA = ROOT.parent / "shared" / "data" / "multi30k"
 

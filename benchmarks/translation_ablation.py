@@ -34,7 +34,7 @@ VARIANTS = {
 
 def run_variant(name: str, base_task, steps: int, args, out_dir: Path) -> dict:
     from selfattn.models import build_model, preset
-    from selfattn.training import Trainer, TrainConfig
+    from selfattn.training import TrainConfig, Trainer
     from selfattn.translation import DecodeConfig, TranslationTask, corpus_scores, translate
 
     spec = {**base_task.spec(), "augment": VARIANTS[name], "bleu_eval_size": 0}
@@ -76,7 +76,7 @@ def main() -> None:
     steps = args.steps
     if not steps:  # time 20 baseline steps, then give every variant the same step count
         from selfattn.models import build_model, preset
-        from selfattn.training import Trainer, TrainConfig
+        from selfattn.training import TrainConfig, Trainer
 
         probe = Trainer(build_model(preset("small", **base.model_overrides())), base,
                         TrainConfig(steps=20, eval_every=0, ckpt_every=0, progress=False))

@@ -91,7 +91,7 @@ def test_registered_tasks_satisfy_the_task_protocol(name):
 
 
 def test_unknown_task_and_non_task_are_one_line_errors():
-    from selfattn.training import Trainer, TrainConfig
+    from selfattn.training import TrainConfig, Trainer
 
     with pytest.raises(ValueError, match="unknown task 'nope'; registered tasks: addition, char"):
         task_from_spec({"name": "nope"})

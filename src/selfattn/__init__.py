@@ -4,6 +4,7 @@ Mask convention everywhere: boolean True = may attend. ``causal`` is bottom-righ
 """
 
 from .attention import BACKENDS, attention, explain_backend, register_backend
+from .interop.pretrained import load_pretrained  # Hugging Face checkpoints (BERT, GPT-2)
 from .layers import DecoderLayer, EncoderLayer, FeedForward, KVCache, MultiHeadAttention, RMSNorm
 from .models import (
     PRESETS,
@@ -15,17 +16,34 @@ from .models import (
     count_parameters,
     preset,
 )
-
-from .interop.pretrained import load_pretrained  # Hugging Face checkpoints (BERT, GPT-2)
 from .task import Task, register_task, task_from_spec
 
 # the built-in tasks register themselves with selfattn.task on import
-from . import data as _data, translation as _translation  # noqa: E402,F401  isort: skip
+from . import data as _data, translation as _translation  # noqa: F401  isort: skip
 
 __version__ = "0.1.0"
 __all__ = [
-    "BACKENDS", "DecoderLayer", "EncoderLayer", "FeedForward", "KVCache", "ModelConfig",
-    "MultiHeadAttention", "PRESETS", "RMSNorm", "Transformer", "TransformerEncoderModel",
-    "TransformerLM", "__version__", "attention", "build_model", "count_parameters",
-    "Task", "explain_backend", "load_pretrained", "preset", "register_backend", "register_task", "task_from_spec",
+    "BACKENDS",
+    "PRESETS",
+    "DecoderLayer",
+    "EncoderLayer",
+    "FeedForward",
+    "KVCache",
+    "ModelConfig",
+    "MultiHeadAttention",
+    "RMSNorm",
+    "Task",
+    "Transformer",
+    "TransformerEncoderModel",
+    "TransformerLM",
+    "__version__",
+    "attention",
+    "build_model",
+    "count_parameters",
+    "explain_backend",
+    "load_pretrained",
+    "preset",
+    "register_backend",
+    "register_task",
+    "task_from_spec",
 ]

@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
+from attention_definition import definition, magnitudes
 from torch import Tensor
 
 import selfattn
-from attention_definition import definition, magnitudes
 from selfattn.attention import BACKENDS
 from selfattn.attention.spec import validate_call
 

@@ -109,7 +109,7 @@ def magnitudes(q, k, v, dout, *, mask=None, causal=False, window=None, alibi_slo
         raw = (q.detach().to(F64).unsqueeze(3) * k.detach().to(F64).repeat_interleave(h // g, 1).unsqueeze(2))
         raw = raw.sum(-1).to(torch.float32) * scale  # (b, h, n, m), elementwise: 0 * inf stays in its pair
         allowed &= raw.to(torch.float32) != float("-inf")
-    fin = lambda x: torch.where(torch.isfinite(x), x, 0.0).to(F64)  # noqa: E731
+    fin = lambda x: torch.where(torch.isfinite(x), x, 0.0).to(F64)
     q, k, v, dout = fin(q.detach()), fin(k.detach()), fin(v.detach()), fin(dout)
     kr, vr = k.repeat_interleave(h // g, 1), v.repeat_interleave(h // g, 1)  # (b, h, m, d|e)
     s = q @ kr.transpose(-2, -1) * scale + bias_of(b, h, n, m, mask=mask, alibi_slopes=alibi_slopes)
@@ -120,7 +120,7 @@ def magnitudes(q, k, v, dout, *, mask=None, causal=False, window=None, alibi_slo
     p = torch.nan_to_num(p / p.sum(-1, keepdim=True).clamp_min(1e-300))  # (b, h, n, m), 0 in dead rows
     dp = dout.abs() @ vr.abs().transpose(-2, -1)  # (b, h, n, m): the terms of dP = dO·v, and of D
     t = p * (dp + (p * dp).sum(-1, keepdim=True))
-    per_group = lambda x: x.view(b, g, h // g, *x.shape[2:]).sum(2)  # noqa: E731  (b, h, ..) -> (b, g, ..)
+    per_group = lambda x: x.view(b, g, h // g, *x.shape[2:]).sum(2)
     out = p @ vr.abs()  # (b, h, n, e)
     dq = scale * t @ kr.abs()  # (b, h, n, d)
     dk = per_group(scale * t.transpose(-2, -1) @ q.abs())  # (b, g, m, d)

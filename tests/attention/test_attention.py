@@ -122,7 +122,7 @@ def test_matches_float64_reference(backend, shape, case):
 def test_gradcheck_float64(backend, case):
     q, k, v = make_qkv(b=1, h=4, g=2, n=4, m=5, d=3, e=2, requires_grad=True)
     kwargs = mask_cases(b=1, h=4, n=4, m=5)[case]
-    fn = lambda q, k, v: selfattn.attention(q, k, v, backend=backend, **kwargs)  # noqa: E731
+    fn = lambda q, k, v: selfattn.attention(q, k, v, backend=backend, **kwargs)
     assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-7)
 
 

@@ -14,10 +14,9 @@ Profiles (registered in tests/conftest.py): the default one is bounded for ``mak
 from __future__ import annotations
 
 import torch
+from attention_cases import Case, check_case, representable
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-
-from attention_cases import Case, check_case, representable
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 LENGTHS = [0, 1, 2, 3, 5, 8, 13, 64, 67]

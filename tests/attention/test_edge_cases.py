@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import selfattn
 from attention_cases import Case, check_case, representable
 from attention_definition import definition
+
+import selfattn
 
 NAN, INF = float("nan"), float("inf")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]

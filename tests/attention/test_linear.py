@@ -15,7 +15,7 @@ from selfattn.layers.attention import MultiHeadAttention
 
 def quadratic(q, k, v, *, causal, pad=None):
     """out_i = sum_j phi(q_i)·phi(k_j) v_j / sum_j phi(q_i)·phi(k_j), loops over allowed j."""
-    phi = lambda x: F.elu(x.double()) + 1  # noqa: E731
+    phi = lambda x: F.elu(x.double()) + 1
     b, h, n, _ = q.shape
     m, r = k.shape[2], h // k.shape[1]
     out = torch.zeros(b, h, n, v.shape[3], dtype=torch.float64)

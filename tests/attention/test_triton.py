@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from triton_checks import check, pad_mask
 
 import selfattn
 from selfattn.attention import explain_backend, triton_backend
 from selfattn.attention.spec import validate_call
-from triton_checks import check, pad_mask
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(

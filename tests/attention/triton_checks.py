@@ -85,7 +85,7 @@ def abs_grads(q, k, v, do, kwargs):
     ka, va = repeat_kv(k.abs(), h // g), repeat_kv(v.abs(), h // g)  # (b, h, m, d), (b, h, m, e)
     dsa = p * (do.abs() @ va.transpose(-2, -1) + (do.abs() * out.abs()).sum(-1, keepdim=True))
     scale = kwargs.get("scale", q.shape[-1] ** -0.5)
-    fold = lambda t: t.reshape(b, g, h // g, *t.shape[2:]).sum(2)  # noqa: E731  (b, h, ..) -> (b, g, ..)
+    fold = lambda t: t.reshape(b, g, h // g, *t.shape[2:]).sum(2)
     dq = scale * dsa @ ka  # (b, h, n, d)
     dk = fold(scale * dsa.transpose(-2, -1) @ q.abs())  # (b, g, m, d)
     dv = fold(p.transpose(-2, -1) @ do.abs())  # (b, g, m, e)

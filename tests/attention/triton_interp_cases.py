@@ -16,18 +16,19 @@ import sys
 
 os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton's jit
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 if "selfattn.attention.triton_kernels" in sys.modules:  # pragma: no cover - misuse guard
     pytest.skip("kernels already imported without the interpreter", allow_module_level=True)
 pytest.importorskip("triton", reason="triton is not installed (pip install 'selfattn[gpu]')")
 
-import selfattn  # noqa: E402
-from selfattn.attention import explain_backend  # noqa: E402
-from selfattn.attention import triton_kernels as tk  # noqa: E402
-from selfattn.attention.math_backend import math_attention  # noqa: E402
-from triton_checks import bound, check, make, pad_mask, run  # noqa: E402
+from triton_checks import bound, check, make, pad_mask, run
+
+import selfattn
+from selfattn.attention import explain_backend
+from selfattn.attention import triton_kernels as tk
+from selfattn.attention.math_backend import math_attention
 
 
 def test_kernels_are_interpreted():

@@ -68,10 +68,10 @@ def test_plot_cli(tmp_path, capsys):
 def test_checkpoint_run_is_loaded_with_its_weights_and_vocab(tmp_path, capsys):
     import torch
 
-    from selfattn.data.vocab import Vocab
-    from selfattn.training import checkpoint as ckpt
     from selfattn import build_model, preset
+    from selfattn.data.vocab import Vocab
     from selfattn.inspect.source import from_checkpoint
+    from selfattn.training import checkpoint as ckpt
 
     vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "a", "b", "c"])
     cfg = preset("tiny", vocab_size=len(vocab))

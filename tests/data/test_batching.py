@@ -1,10 +1,9 @@
 """Token-budget batching: every pair exactly once, the padded budget respected, masks True at real tokens."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import pytest
 
 from selfattn.data.batching import pad, padded_tokens, token_batches
 

@@ -3,8 +3,8 @@ session), a SentencePiece vocabulary, and tiny trained translation models (helpe
 
 import pytest
 import torch
-
 from export_helpers import TEXT, tiny_model, trained_model
+
 from selfattn.data.subword import SubwordConfig, train_subword
 from selfattn.export import export_program
 

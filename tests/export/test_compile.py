@@ -9,7 +9,6 @@ the test fast). Same float32 ops as eager, so 1e-5 absolute (1e-6 seen) on losse
 import pytest
 import torch
 import torch._dynamo as dynamo
-
 from export_helpers import padded_batch, tiny_model
 
 ATOL = 1e-5

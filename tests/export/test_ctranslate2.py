@@ -13,9 +13,9 @@ import torch
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
-from selfattn.export.ctranslate2 import ct2_translate_ids, save_ctranslate2  # noqa: E402
-from selfattn.models import build_model, preset  # noqa: E402
-from selfattn.translation.translate import DecodeConfig, translate_ids  # noqa: E402
+from selfattn.export.ctranslate2 import ct2_translate_ids, save_ctranslate2
+from selfattn.models import build_model, preset
+from selfattn.translation.translate import DecodeConfig, translate_ids
 
 
 def _sources(vocab: int, seed: int = 3):

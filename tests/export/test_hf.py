@@ -19,11 +19,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from export_helpers import TEXT, perturb  # noqa: E402
-from selfattn import load_pretrained  # noqa: E402
-from selfattn.export.hf import hf_tokenizer, save_hf, to_hf_model  # noqa: E402
-from selfattn.models import ModelConfig, build_model, preset  # noqa: E402
-from selfattn.translation.translate import DecodeConfig, translate_ids  # noqa: E402
+from export_helpers import TEXT, perturb
+
+from selfattn import load_pretrained
+from selfattn.export.hf import hf_tokenizer, save_hf, to_hf_model
+from selfattn.models import ModelConfig, build_model, preset
+from selfattn.translation.translate import DecodeConfig, translate_ids
 
 ATOL = 1e-5
 

@@ -19,9 +19,10 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from export_helpers import padded_batch  # noqa: E402
-from selfattn.export import export_onnx  # noqa: E402
-from selfattn.generation import greedy  # noqa: E402
+from export_helpers import padded_batch
+
+from selfattn.export import export_onnx
+from selfattn.generation import greedy
 
 ATOL = 1e-5
 

@@ -8,11 +8,10 @@ Independent reference for the step graphs: eager's full (uncached) forward.
 
 import pytest
 import torch
+from export_helpers import empty_cache, padded_batch, tiny_model
 
 from selfattn.export import export_program, using_backend
 from selfattn.export.program import graph_specs
-
-from export_helpers import empty_cache, padded_batch, tiny_model
 
 ATOL = 1e-5
 

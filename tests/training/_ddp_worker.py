@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import save_model
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from helpers import DDP_CONFIG as CONFIG  # noqa: E402
-from helpers import PoolTask, tiny_model  # noqa: E402
+from helpers import DDP_CONFIG as CONFIG
+from helpers import PoolTask, tiny_model
 
-from selfattn.training import Trainer  # noqa: E402
-from selfattn.training.distributed import cleanup_distributed, setup_distributed  # noqa: E402
+from selfattn.training import Trainer
+from selfattn.training.distributed import cleanup_distributed, setup_distributed
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -20,11 +20,11 @@ import torch
 from safetensors.torch import load_file
 
 import selfattn.training.checkpoint as ckpt_io
-from selfattn.training import Trainer, TrainConfig
+from selfattn.training import TrainConfig, Trainer
 from selfattn.training.checkpoint import clean_partial, latest_intact_checkpoint, list_checkpoints, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import PoolTask, tiny_model  # noqa: E402
+from helpers import PoolTask, tiny_model
 
 CFG = TrainConfig(steps=8, batch_size=4, schedule="constant", lr=1e-2, eval_every=0, ckpt_every=0, progress=False)
 

@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from selfattn.cli import main
-from selfattn.training import DamagedCheckpoint, Trainer, TrainConfig, load_checkpoint, save_checkpoint
+from selfattn.training import DamagedCheckpoint, TrainConfig, Trainer, load_checkpoint, save_checkpoint
 from selfattn.training.checkpoint import latest_intact_checkpoint, read_state
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import PoolTask, tiny_model  # noqa: E402
+from helpers import PoolTask, tiny_model
 
 CFG = TrainConfig(steps=6, batch_size=4, schedule="constant", lr=1e-2, eval_every=0, ckpt_every=0, progress=False)
 

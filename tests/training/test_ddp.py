@@ -12,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selfattn.training import Trainer, TrainConfig
+from selfattn.training import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import DDP_CONFIG as CONFIG  # noqa: E402
-from helpers import PoolTask, tiny_model  # noqa: E402
+from helpers import DDP_CONFIG as CONFIG
+from helpers import PoolTask, tiny_model
+
 
 @pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                     reason="this torch build has no gloo backend")

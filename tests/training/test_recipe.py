@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import selfattn
-from selfattn.training import Trainer, TrainConfig, apply_overrides, cosine_lr, lr_at, noam_lr, smoothed_cross_entropy
+from selfattn.training import TrainConfig, Trainer, apply_overrides, cosine_lr, lr_at, noam_lr, smoothed_cross_entropy
 from selfattn.training.metrics import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import PoolTask, tiny_model  # noqa: E402
+from helpers import PoolTask, tiny_model
 
 
 def test_noam_schedule_matches_the_paper_formula():

@@ -15,8 +15,8 @@ import torch
 from selfattn.cli import main
 from selfattn.data import SyntheticTask
 from selfattn.training import (
-    Trainer,
     TrainConfig,
+    Trainer,
     average_checkpoints,
     latest_checkpoint,
     list_checkpoints,
@@ -27,7 +27,7 @@ from selfattn.training import (
 from selfattn.training.checkpoint import clean_partial, read_state
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import PoolTask, tiny_model  # noqa: E402
+from helpers import PoolTask, tiny_model
 
 CFG = TrainConfig(steps=10, batch_size=8, accum_steps=2, schedule="noam", warmup_steps=4, lr=2.0,
                   weight_decay=0.01, label_smoothing=0.1, clip_grad_norm=0.5, eval_every=5, ckpt_every=3,

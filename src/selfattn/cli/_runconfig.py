@@ -160,4 +160,4 @@ def resumed_run(args, run_dir: Path) -> Plan:
     return Plan(task_from_spec(config["task"]), model_cfg, train, {"cli": config.get("cli", {})})
 
 
-__all__ = ["Plan", "RECIPES", "fresh_run", "read_config_file", "resumed_run"]
+__all__ = ["RECIPES", "Plan", "fresh_run", "read_config_file", "resumed_run"]

@@ -36,7 +36,7 @@ def train_demo(text: str = "1 2 3 4 5", *, task_name: str = "reverse", run_dir: 
     from ..data import SyntheticTask
     from ..generation import beam_search, greedy
     from ..models import build_model, preset
-    from ..training import Trainer, TrainConfig
+    from ..training import TrainConfig, Trainer
 
     console = console or Console()
     task = SyntheticTask(task_name, min_len=1, max_len=8, seed=seed)

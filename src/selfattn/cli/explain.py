@@ -16,7 +16,8 @@ def add_model_arguments(p: argparse.ArgumentParser, default_kind: str) -> None:
     g = p.add_argument_group("model (a trained run, or a small random one built from the text's words)")
     g.add_argument("--checkpoint", metavar="RUN", help="a training run directory (default: random weights)")
     g.add_argument("--model", choices=["encoder", "decoder", "encoder-decoder"], default=default_kind,
-                   help=f"random model kind: bidirectional encoder, causal LM, or translation model (default {default_kind})")
+                   help="random model kind: bidirectional encoder, causal LM, or translation model "
+                        f"(default {default_kind})")
     g.add_argument("--target", help="target text for an encoder-decoder model (default: the text itself)")
     g.add_argument("--d-model", type=int, default=8, help="random model width c (default 8)")
     g.add_argument("--heads", type=int, default=2, help="random model heads (default 2, so d_k = c / 2)")

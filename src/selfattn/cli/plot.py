@@ -13,8 +13,9 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser(
         "plot", help="training curves (loss, lr, BLEU) of a run as PNG",
-        description="Draw loss (train and validation), learning rate and BLEU against step (or training time, --x time) from RUN/metrics.jsonl "
-                    "(what `selfattn train` writes). Example: selfattn plot runs/m30k --out curves.png",
+        description="Draw loss (train and validation), learning rate and BLEU against step (or training time, "
+                    "--x time) from RUN/metrics.jsonl (what `selfattn train` writes). "
+                    "Example: selfattn plot runs/m30k --out curves.png",
     )
     p.add_argument("run", metavar="RUN", help="a run directory holding metrics.jsonl, or the .jsonl file itself")
     p.add_argument("--out", help="PNG to write (default RUN/curves.png)")

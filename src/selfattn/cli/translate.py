@@ -51,7 +51,8 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("translate", help="translate stdin with a trained translation run (beam search, n-best)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="RUN", help="run directory of `selfattn train --task translate`")
+    p.add_argument("--checkpoint", required=True, metavar="RUN",
+                   help="run directory of `selfattn train --task translate`")
     p.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy (default 4, the paper's)")
     p.add_argument("--nbest", type=int, default=1, help="hypotheses per sentence (<= beam; default 1)")
     p.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty exponent (default 0.6)")

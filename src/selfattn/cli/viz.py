@@ -53,7 +53,7 @@ def run(args) -> int:
         for kind, km in maps.items():
             written.append(plot_grid(km.weights, km.q_labels, km.k_labels, out / f"{kind}_grid.png",
                                      layers=km.layers, heads=km.heads, title=f"{KIND_NAMES[kind]} ({origin})"))
-            for spec in args.single or ["%d:%d" % (km.layers[0], km.heads[0])]:
+            for spec in args.single or [f"{km.layers[0]}:{km.heads[0]}"]:
                 layer, head = _single(spec)
                 if layer not in km.layers or head not in km.heads:
                     raise CLIError(f"--single {spec}: have layers {list(km.layers)} and heads {list(km.heads)}")

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 SUBWORD_SIDES = ("src", "tgt", "both")
 
 

@@ -12,7 +12,7 @@ batch order is shuffled. Masks are boolean with **True = real token** (may be at
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -74,8 +74,8 @@ def read_lines(path: str | Path, *, strip: bool = True) -> list[str]:
         try:
             text = chunk.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"{path}:{i}: bytes {chunk[e.start:e.start + 4]!r} at byte {e.start + 1} of the line (1-based) "
-                             f"are not UTF-8; expected UTF-8 text (convert with iconv)") from None
+            raise ValueError(f"{path}:{i}: bytes {chunk[e.start:e.start + 4]!r} at byte {e.start + 1} of the line "
+                             "(1-based) are not UTF-8; expected UTF-8 text (convert with iconv)") from None
         lines.append(text.strip() if strip else text.rstrip("\r"))
     return lines
 
@@ -128,7 +128,7 @@ def _download(url: str, dest: Path, timeout: float = 60.0) -> None:
     """Fetch a gzipped file and write it decompressed to ``dest`` atomically (tmp, fsync, rename)."""
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (fixed https URL)
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             data = gzip.decompress(resp.read())
         with open(tmp, "wb") as f:
             f.write(data)

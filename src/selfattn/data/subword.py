@@ -7,16 +7,17 @@ The trained model is a few hundred KB of protobuf bytes; :meth:`Subword.to_base6
 ``config.json`` carry it, so translating needs nothing but the run directory.
 
 Subword regularisation: ``encode(text, sample=True)`` draws a segmentation — from the 64 best of the unigram
-lattice with smoothing ``alpha`` (Kudo 2018's l = 64, alpha = 0.1: ~10% more pieces on Multi30k) or, for a BPE model, by dropping merges with probability ``alpha``
-(BPE-dropout, Provilkov et al. 2020).
+lattice with smoothing ``alpha`` (Kudo 2018's l = 64, alpha = 0.1: ~10% more pieces on Multi30k) or, for a BPE
+model, by dropping merges with probability ``alpha`` (BPE-dropout, Provilkov et al. 2020).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import sentencepiece as spm
 
@@ -116,7 +117,7 @@ class Subword:
         return base64.b64encode(self.proto).decode("ascii")
 
     @classmethod
-    def from_base64(cls, text: str, model_type: str = "unigram") -> "Subword":
+    def from_base64(cls, text: str, model_type: str = "unigram") -> Subword:
         try:
             return cls(base64.b64decode(text.encode("ascii"), validate=True), model_type)
         except (ValueError, UnicodeEncodeError) as e:

@@ -6,7 +6,7 @@ Legend: b batch, m source length, n target length.
 from __future__ import annotations
 
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -71,7 +71,7 @@ class SyntheticTask:
             return sorted(xs)
         plus = self.vocab.stoi["+"]
         i = xs.index(plus)
-        digit = lambda ids: int("".join(self.vocab.tokens[t] for t in ids))  # noqa: E731
+        digit = lambda ids: int("".join(self.vocab.tokens[t] for t in ids))
         return [self.vocab.stoi[c] for c in str(digit(xs[:i]) + digit(xs[i + 1:]))]
 
     def held_out(self, xs: list[int]) -> bool:

@@ -9,8 +9,8 @@ Validation covers the whole split in non-overlapping windows.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 

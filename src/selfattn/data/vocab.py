@@ -54,7 +54,7 @@ class Vocab:
         return {"kind": self.kind, "tokens": self.tokens}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Vocab":
+    def from_dict(cls, d: dict) -> Vocab:
         if not isinstance(d, dict) or "tokens" not in d:
             raise ValueError(f"a vocab needs a dict with 'tokens', got {type(d).__name__}")
         return cls(list(d["tokens"]), d.get("kind", "word"))

@@ -16,8 +16,8 @@ Decoding starts from ``<s>`` (selfattn's bos); sources are bare pieces (no eos),
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,6 @@ from ..data.subword import Subword
 from ..models.config import ModelConfig
 from ..positional import sinusoidal_table
 from . import QUANTIZATIONS
-
 
 
 def check_config(cfg: ModelConfig) -> None:

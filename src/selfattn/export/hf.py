@@ -233,7 +233,8 @@ def to_hf_model(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     hf = cls(hf_cfg).eval()
     missing, unexpected = hf.load_state_dict(tensors, strict=False)
     if missing or unexpected:  # an exporter bug, but say it plainly rather than leave random weights
-        raise ValueError(f"export to {cls.__name__} left tensors unset {sorted(missing)} or unused {sorted(unexpected)}")
+        raise ValueError(f"export to {cls.__name__} left tensors unset {sorted(missing)} "
+                         f"or unused {sorted(unexpected)}")
     if cfg.kind == "encoder-decoder":  # generate() defaults as `selfattn translate`: beam 4, pad/bos never chosen
         hf.generation_config.num_beams = 4
         hf.generation_config.suppress_tokens = [SPECIAL_IDS["pad"], SPECIAL_IDS["bos"]]

@@ -34,11 +34,11 @@ from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
 
 from ..attention import BACKENDS
+from ..io import atomic_write_bytes
 from ..layers.attention import KVCache, MultiHeadAttention
 from ..layers.blocks import DecoderLayerCache
 from ..models.architectures import Transformer, TransformerEncoderModel, TransformerLM
 from ..models.transformer import DecoderCache
-from ..io import atomic_write_bytes
 
 
 @contextlib.contextmanager
@@ -257,4 +257,4 @@ def export_program(model: nn.Module, *, attention_backend: str = "torch",
                          inputs, outputs)
 
 
-__all__ = ["ExportedModel", "using_backend", "export_program", "graph_specs"]
+__all__ = ["ExportedModel", "export_program", "graph_specs", "using_backend"]

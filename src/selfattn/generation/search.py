@@ -15,7 +15,7 @@ LM prompts are grouped by length (each group decoded as one batch) so positions 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

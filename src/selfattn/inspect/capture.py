@@ -22,8 +22,9 @@ key gets weights 0 (never NaN), like the backends. Weights are those before drop
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +77,7 @@ def _has_kind(model: nn.Module, kind: str) -> bool:
     stack = getattr(model, "encoder" if kind == "encoder" else "decoder", None)
     attr = "cross_attn" if kind == "cross" else "self_attn"
     layers = getattr(stack, "layers", None)
-    return bool(layers) and all(isinstance(getattr(l, attr, None), MultiHeadAttention) for l in layers or ())
+    return bool(layers) and all(isinstance(getattr(x, attr, None), MultiHeadAttention) for x in layers or ())
 
 
 def available_kinds(model: nn.Module) -> list[str]:
@@ -199,7 +200,8 @@ def _run(model: nn.Module, inputs: Any, kind: str) -> None:
     elif isinstance(inputs, Tensor):
         if hasattr(model, "encode") and hasattr(model, "decode"):  # encoder-decoder Transformer
             if kind != "encoder":
-                raise ValueError(f"{kind} attention of an encoder-decoder model needs inputs (src, tgt), got one tensor")
+                raise ValueError(f"{kind} attention of an encoder-decoder model needs inputs (src, tgt), "
+                                 "got one tensor")
             cast(Any, model).encode(inputs)
         else:
             model(inputs)

@@ -37,7 +37,8 @@ def series(records: list[dict], x: str = "step") -> dict[str, list[tuple[float, 
     "time" (the training seconds each line records; lines without it are left out)."""
     if x not in ("step", "time"):
         raise ValueError(f"x must be 'step' or 'time', got {x!r}")
-    out: dict[str, list[tuple[float, float]]] = {k: [] for k in ("train loss", "val loss", "lr", "val bleu", "test bleu")}
+    names = ("train loss", "val loss", "lr", "val bleu", "test bleu")
+    out: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
     for r in records:
         if not _num(r.get(x)):
             continue
@@ -74,7 +75,8 @@ def plot_curves(run: str | Path, out: str | Path | None = None, title: str | Non
 
     path = metrics_path(run)
     s = series(read_jsonl(path), x)
-    panels = [p for p in (("loss", [k for k in s if k.endswith("loss")]), ("learning rate", ["lr"] if "lr" in s else []),
+    panels = [p for p in (("loss", [k for k in s if k.endswith("loss")]),
+                          ("learning rate", ["lr"] if "lr" in s else []),
                           ("BLEU", [k for k in s if k.endswith("bleu")])) if p[1]]
     if not panels:
         raise ValueError(f"{str(path)!r} has no {x}-indexed loss, lr or bleu values to plot")

@@ -6,8 +6,8 @@ Row i of a map is how query token i distributes its attention over the keys (it 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -20,7 +20,8 @@ are not part of the encoder and are ignored, as is the old ``embeddings.position
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 

@@ -21,7 +21,8 @@ Names may carry a "transformer." prefix (GPT2LMHeadModel). The old causal-mask b
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 

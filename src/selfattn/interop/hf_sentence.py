@@ -58,7 +58,7 @@ def read_sentence_config(path: Path, *, within: Path | None = None) -> tuple[Sen
         return None, path
     modules = _json(listing)
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
-        raise ValueError(f"{listing}: expected a JSON list of module objects, got {str(modules):.80}")
+        raise ValueError(f"{listing}: expected a JSON list of module objects, got {modules!s:.80}")
     cfg, hf_dir, seen = SentenceConfig(), path, []
     for m in modules:
         kind = str(m.get("type", ""))
@@ -81,7 +81,8 @@ def read_sentence_config(path: Path, *, within: Path | None = None) -> tuple[Sen
             modes = tuple(p for p in POOLING_MODES if pc.get(f"pooling_mode_{p}_token" if p == "cls"
                                                                else f"pooling_mode_{p}_tokens"))
             if not modes:
-                raise ValueError(f"{sub / 'config.json'} enables no pooling mode; expected one of {list(POOLING_MODES)}")
+                raise ValueError(f"{sub / 'config.json'} enables no pooling mode; "
+                                 f"expected one of {list(POOLING_MODES)}")
             cfg.pooling = modes
         elif kind == ST + "Normalize":
             cfg.normalize = True

@@ -190,7 +190,8 @@ def verify_checkpoint(ckpt: str | Path) -> dict:
     state = parse_state(ckpt / "state.json")
     step = checkpoint_step(ckpt)
     if step is not None and step != state["step"]:
-        raise DamagedCheckpoint(f"{ckpt / 'state.json'}: expected 'step': {step} (the directory's), got {state['step']}")
+        raise DamagedCheckpoint(f"{ckpt / 'state.json'}: expected 'step': {step} (the directory's), "
+                                f"got {state['step']}")
     header_keys(ckpt / "model.safetensors")
     if "optimizer" in state:
         header_keys(ckpt / "optimizer.safetensors")
@@ -260,7 +261,8 @@ def load_weights(model: nn.Module, ckpt: str | Path) -> None:
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise ValueError(f"checkpoint {str(ckpt)!r} does not match the model: {str(e).splitlines()[-1].strip()}") from None
+        why = str(e).splitlines()[-1].strip()
+        raise ValueError(f"checkpoint {str(ckpt)!r} does not match the model: {why}") from None
     if missing or unexpected:
         raise ValueError(f"checkpoint {str(ckpt)!r} does not match the model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")

@@ -33,16 +33,16 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..task import Batch, EvaluatingTask, Task
 from ..io import atomic_write_json
+from ..task import Batch, EvaluatingTask, Task
 from . import checkpoint as ckpt_io
 from .config import TrainConfig
 from .evaluate import evaluate

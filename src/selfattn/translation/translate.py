@@ -71,8 +71,8 @@ def translate_ids(model: nn.Module, sources: list[list[int]], sp: Subword,
             idx = order[i:j]
             src = [sources[t] for t in idx]
             max_new = int(cfg.max_len_a * max(len(s) for s in src)) + cfg.max_len_b
-            kw: dict[str, Any] = dict(src=src, max_new_tokens=max_new, bos_id=sp.bos_id, stop_tokens=(sp.eos_id,), pad_id=sp.pad_id,
-                      banned=banned)
+            kw: dict[str, Any] = dict(src=src, max_new_tokens=max_new, bos_id=sp.bos_id, stop_tokens=(sp.eos_id,),
+                                      pad_id=sp.pad_id, banned=banned)
             if cfg.sample:
                 outs = sample(model, temperature=cfg.temperature, top_k=cfg.top_k, generator=g, **kw)
                 res = [[(_strip(ids, sp.eos_id), 0.0)] for ids in outs]

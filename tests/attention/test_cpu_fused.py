@@ -14,7 +14,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_flash import _tolerance, reference_probs
+from references import reference_probs
+from references import rounding_tolerance as _tolerance
 
 import selfattn
 from selfattn.attention import cpu_kernel

@@ -312,13 +312,14 @@ def average_checkpoints(ckpts: list[str | Path]) -> dict[str, torch.Tensor]:
     if not ckpts:
         raise ValueError("average_checkpoints needs at least one checkpoint, got none")
     total: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}  # the first checkpoint's, read once
     for c in ckpts:
         sd = load_tensors(Path(c) / "model.safetensors")
         if total and set(sd) != set(total):
             raise ValueError(f"checkpoint {str(c)!r} has different tensors from the first one")
+        dtypes = dtypes or {k: v.dtype for k, v in sd.items()}
         for k, v in sd.items():
             total[k] = total[k] + v.double() if k in total else v.double()
-    dtypes = {k: v.dtype for k, v in load_tensors(Path(ckpts[0]) / "model.safetensors").items()}
     return {k: (v / len(ckpts)).to(dtypes[k]) for k, v in total.items()}
 
 

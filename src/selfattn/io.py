@@ -105,7 +105,7 @@ class DirLock:
         except (OSError, ValueError, IndexError):
             return None
 
-    def acquire(self) -> "DirLock":
+    def acquire(self) -> DirLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,8 @@ class DirLock:
                 os.close(fd)
                 pid = self._holder()
                 raise DirectoryLocked(f"{str(self.path.parent)!r} is in use by another process "
-                                      f"(pid {pid if pid is not None else 'unknown'}, lock file {self.path.name})")
+                                      f"(pid {pid if pid is not None else 'unknown'}, lock file {self.path.name})"
+                                      ) from None
             try:  # the holder may have unlinked the file between our open and flock: lock the current one
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -140,11 +141,12 @@ class DirLock:
         os.close(self.fd)
         self.fd = None
 
-    def __enter__(self) -> "DirLock":
+    def __enter__(self) -> DirLock:
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
-__all__ = ["DirLock", "DirectoryLocked", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "confined_path", "fsync_dir"]
+__all__ = ["DirLock", "DirectoryLocked", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "confined_path", "fsync_dir"]

@@ -15,8 +15,9 @@ target. Padding uses ``vocab.pad_id``; models derive masks from it (True = real 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -33,14 +34,14 @@ class Batch:
     def __len__(self) -> int:
         return self.tgt_in.shape[0]
 
-    def rows(self, index: slice | Tensor) -> "Batch":
+    def rows(self, index: slice | Tensor) -> Batch:
         return Batch(None if self.src is None else self.src[index], self.tgt_in[index], self.tgt_out[index])
 
     @property
     def num_targets(self) -> int:
         return int((self.tgt_out != IGNORE).sum())
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(None if self.src is None else self.src.to(device), self.tgt_in.to(device),
                      self.tgt_out.to(device))
 

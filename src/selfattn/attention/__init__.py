@@ -1,10 +1,21 @@
 """Scaled dot-product attention and its backends.
 
 ``attention(q, k, v, ...)`` is the one entry point; backends register themselves in
-:data:`BACKENDS` (a :class:`Registry`, which decides once per call signature). Mask convention everywhere: boolean True = may attend; ``causal`` is
-bottom-right aligned (query i may attend key j when j <= i + Nk - Nq).
+:data:`BACKENDS` (a :class:`Registry`, which decides once per call signature). Mask convention everywhere:
+boolean True = may attend; ``causal`` is bottom-right aligned (query i may attend key j when j <= i + Nk - Nq).
 """
 
+from .batched import batched_attention, batched_auto_declines, batched_supports
+from .cpu_fused import (
+    cpu_bf16_attention,
+    cpu_bf16_auto_declines,
+    cpu_bf16_supports,
+    cpu_f32_attention,
+    cpu_f32_auto_declines,
+    cpu_f32_supports,
+)
+from .flash import flash_attention, flash_auto_declines, flash_supports
+from .flash_bf16 import torch_f32_attention, torch_f32_auto_declines, torch_f32_supports
 from .math_backend import math_attention, math_supports
 from .registry import (
     BACKENDS,
@@ -18,14 +29,7 @@ from .registry import (
 )
 from .spec import AttentionCall, alibi_bias, structural_mask
 from .torch_backend import torch_attention, torch_supports
-from .flash import flash_attention, flash_auto_declines, flash_supports
-from .flash_bf16 import torch_f32_attention, torch_f32_auto_declines, torch_f32_supports
-from .cpu_fused import (
-    cpu_bf16_attention, cpu_bf16_auto_declines, cpu_bf16_supports,
-    cpu_f32_attention, cpu_f32_auto_declines, cpu_f32_supports,
-)
 from .triton_backend import triton_attention, triton_supports
-from .batched import batched_attention, batched_auto_declines, batched_supports
 
 register_backend("math", math_attention, math_supports, priority=0,
                  description="readable reference: explicit scores, float32 softmax, can return weights")
@@ -50,6 +54,18 @@ register_backend("triton", triton_attention, triton_supports, priority=20,
                  description="fused FlashAttention-2 Triton kernel for CUDA (fp16/bf16), forward and backward")
 
 __all__ = [
-    "AttentionCall", "BACKENDS", "Backend", "BackendChoice", "BackendUnavailable", "Registry", "alibi_bias", "attention",
-    "explain_backend", "flash_attention", "math_attention", "register_backend", "structural_mask", "torch_attention",
+    "BACKENDS",
+    "AttentionCall",
+    "Backend",
+    "BackendChoice",
+    "BackendUnavailable",
+    "Registry",
+    "alibi_bias",
+    "attention",
+    "explain_backend",
+    "flash_attention",
+    "math_attention",
+    "register_backend",
+    "structural_mask",
+    "torch_attention",
 ]

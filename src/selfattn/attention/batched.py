@@ -24,6 +24,7 @@ inputs are multiplied in float32 and the output rounded back; with AVX-512 BF16 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,7 +60,8 @@ class BatchedAttention(torch.autograd.Function):
     """q (b, h, n, d), k (b, h, m, d), v (b, h, m, e) with kv heads already repeated."""
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, allowed, dead, scale):
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, allowed: Tensor | None,
+                dead: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
         stat = torch.float64 if q.dtype == torch.float64 else torch.float32
         # scores in float32 from the (exact) float32 products of bf16/fp16 inputs, as the C kernel's dot products:
         # a bf16-rounded q·kᵀ would cost ~1e-2 relative error in the softmax (the issue's "peaked scores")
@@ -77,7 +79,8 @@ class BatchedAttention(torch.autograd.Function):
         return out, p
 
     @staticmethod
-    def backward(ctx, d_out, _d_p):
+    def backward(ctx: Any, d_out: Tensor, _d_p: Tensor | None
+                 ) -> tuple[Tensor, Tensor, Tensor, None, None, None, None]:
         q, k, v, p = ctx.saved_tensors
         d_out = d_out.to(v.dtype)
         dv = torch.matmul(p.to(v.dtype).transpose(-2, -1), d_out)  # (b, h, m, e)
@@ -103,7 +106,8 @@ def _dead_rows(bias: Tensor | None, allowed: Tensor | None) -> Tensor | None:
 
 def batched_attention(
     q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
-    scale: float | None = None, dropout_p: float = 0.0, window=None, alibi_slopes: Tensor | None = None,
+    scale: float | None = None, dropout_p: float = 0.0, window: tuple[int | None, int | None] | None = None,
+    alibi_slopes: Tensor | None = None,
     return_weights: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Exact attention by batched matmuls. Returns ``(out (b, h, n, e), weights (b, h, n, m) or None)``."""
@@ -127,7 +131,7 @@ def batched_attention(
     if groups > 1:  # each kv head serves `groups` query heads; the gradient sums back through the expand
         kc = kc[:, :, None].expand(b, k.shape[1], groups, m, d).reshape(b, h, m, d)  # (b, h, m, d)
         vc = vc[:, :, None].expand(b, k.shape[1], groups, m, v.shape[-1]).reshape(b, h, m, v.shape[-1])
-    out, p = BatchedAttention.apply(qc, kc, vc, bias, allowed, dead, scale)  # (b, h, n, e), (b, h, n, m)
+    out, p = BatchedAttention.apply(qc, kc, vc, bias, allowed, dead, scale)  # type: ignore[no-untyped-call]
     return out.to(q.dtype), (p.to(q.dtype) if return_weights else None)
 
 
@@ -162,5 +166,5 @@ def batched_auto_declines(call: AttentionCall) -> str | None:
     return None
 
 
-__all__ = ["AUTO_F32_MIN_PROBLEMS", "AUTO_MAX_LEN", "BatchedAttention", "batched_attention", "batched_auto_declines", "batched_supports",
-           "cpu_has_bf16_units"]
+__all__ = ["AUTO_F32_MIN_PROBLEMS", "AUTO_MAX_LEN", "BatchedAttention", "batched_attention", "batched_auto_declines",
+           "batched_supports", "cpu_has_bf16_units"]

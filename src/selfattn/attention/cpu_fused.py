@@ -20,6 +20,7 @@ products would let 0 · NaN of a masked key reach other rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +87,7 @@ def _plan(q: Tensor, k: Tensor, v: Tensor) -> _Plan:
                  _round_up(k.shape[2], kb), _round_up(q.shape[3], 32), _round_up(v.shape[3], 32))
 
 
-def _padding_bytes(kpm: Tensor | None, m: int, m_pad: int, kb: int):
+def _padding_bytes(kpm: Tensor | None, m: int, m_pad: int, kb: int) -> tuple[Tensor | None, Tensor | None]:
     """(b|1, m) bytes 1 = may attend, and (b|1, m_pad/kb) bytes 1 = the whole key block may be."""
     if kpm is None:
         return None, None
@@ -95,7 +96,7 @@ def _padding_bytes(kpm: Tensor | None, m: int, m_pad: int, kb: int):
     return allowed, whole
 
 
-def _window_sides(causal: bool, window) -> tuple[int, int]:
+def _window_sides(causal: bool, window: tuple[int | None, int | None] | None) -> tuple[int, int]:
     left, right = _sides(causal, window)
     return (_UNLIMITED if left is None else left), (_UNLIMITED if right is None else right)
 
@@ -105,7 +106,7 @@ def _slopes(slopes: Tensor | None) -> Tensor | None:
 
 
 def cpu_fused_forward(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slopes: Tensor | None,
-                     scale: float, causal: bool, window) -> tuple[Tensor, Tensor]:
+                     scale: float, causal: bool, window: tuple[int | None, int | None] | None) -> tuple[Tensor, Tensor]:
     """Run the C forward. kpm: (b|1, m) bool, True = may attend; slopes: (h,) ALiBi or None.
     Returns out (b, h, n, e) in q's dtype and lse (b, h, n) float32, natural log of the scaled (and
     ALiBi-biased) scores, +inf for rows that see nothing."""
@@ -126,7 +127,9 @@ def cpu_fused_forward(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slope
     return out[:, :, :n, :e], lse[:, :, :n]  # (b, h, n, e), (b, h, n)
 
 
-def cpu_fused_backward(q, k, v, out, lse, dout, kpm, slopes, scale, causal, window):
+def cpu_fused_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, kpm: Tensor | None,
+                      slopes: Tensor | None, scale: float, causal: bool,
+                      window: tuple[int | None, int | None] | None) -> tuple[Tensor, Tensor, Tensor]:
     """Run the C backward. Returns float32 (dq (b, h, n, d), dk (b, g, m, d), dv (b, g, m, e))."""
     p = _plan(q, k, v)
     b, h, n, d = q.shape
@@ -172,7 +175,8 @@ def cpu_fused_fwd_op(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slopes
 
 
 @cpu_fused_fwd_op.register_fake
-def _(q, k, v, kpm, slopes, scale, left, right):
+def _(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slopes: Tensor | None, scale: float, left: int,
+      right: int) -> tuple[Tensor, Tensor]:
     (b, h, n, _), e = q.shape, v.shape[3]
     n_pad, e2 = _round_up(n, cpu_kernel.BLOCKS[0]), _round_up(e, 32)  # the real op returns views of these
     out = q.new_empty(b, h, n_pad, e2)[:, :, :n, :e]  # (b, h, n, e)
@@ -188,18 +192,20 @@ def cpu_fused_bwd_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, 
 
 
 @cpu_fused_bwd_op.register_fake
-def _(q, k, v, out, lse, dout, kpm, slopes, scale, left, right):
+def _(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, kpm: Tensor | None,
+      slopes: Tensor | None, scale: float, left: int, right: int) -> tuple[Tensor, Tensor, Tensor]:
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     q, k, v, kpm, slopes, scale, left, right = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, kpm, slopes)
     ctx.args = (scale, left, right)
 
 
-def _backward(ctx, dout, _dlse):  # lse is an internal statistic: no gradient flows through it
+# lse is an internal statistic: no gradient flows through it
+def _backward(ctx: Any, dout: Tensor, _dlse: Tensor | None) -> tuple[Tensor | None, ...]:
     q, k, v, out, lse, kpm, slopes = ctx.saved_tensors
     dq, dk, dv = cpu_fused_bwd_op(q, k, v, out, lse, dout, kpm, slopes, *ctx.args)
     return dq, dk, dv, None, None, None, None, None
@@ -208,8 +214,9 @@ def _backward(ctx, dout, _dlse):  # lse is an internal statistic: no gradient fl
 cpu_fused_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _attention(name: str, q: Tensor, k: Tensor, v: Tensor, mask, causal, scale, dropout_p, window,
-               alibi_slopes, return_weights) -> tuple[Tensor, None]:
+def _attention(name: str, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float | None,
+               dropout_p: float, window: tuple[int | None, int | None] | None, alibi_slopes: Tensor | None,
+               return_weights: bool) -> tuple[Tensor, None]:
     kpm = key_padding_rows(name, mask, k.shape[2], dropout_p, return_weights)  # (b|1, m), True = may attend
     if is_empty(q, k):
         return empty_result(q, k, v), None
@@ -233,7 +240,7 @@ def _attention(name: str, q: Tensor, k: Tensor, v: Tensor, mask, causal, scale, 
 
 def cpu_bf16_attention(
     q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
-    scale: float | None = None, dropout_p: float = 0.0, window=None,
+    scale: float | None = None, dropout_p: float = 0.0, window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None, return_weights: bool = False,
 ) -> tuple[Tensor, None]:
     """Exact bfloat16 attention in the C kernel (bf16 dot products); see the module docstring.
@@ -244,7 +251,7 @@ def cpu_bf16_attention(
 
 def cpu_f32_attention(
     q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
-    scale: float | None = None, dropout_p: float = 0.0, window=None,
+    scale: float | None = None, dropout_p: float = 0.0, window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None, return_weights: bool = False,
 ) -> tuple[Tensor, None]:
     """Exact float32 attention in the C kernel (FMAs); see the module docstring.
@@ -306,6 +313,17 @@ def cpu_f32_auto_declines(call: AttentionCall) -> str | None:
     return None
 
 
-__all__ = ["AUTO_F32_PLAIN_FORWARD_MIN_SCORES", "AUTO_MIN_QUERIES", "cpu_bf16_attention", "cpu_fused_bwd_op", "cpu_fused_fwd_op",
-           "cpu_bf16_auto_declines", "cpu_bf16_supports", "cpu_f32_attention", "cpu_f32_auto_declines", "cpu_f32_supports",
-           "cpu_fused_backward", "cpu_fused_forward"]
+__all__ = [
+    "AUTO_F32_PLAIN_FORWARD_MIN_SCORES",
+    "AUTO_MIN_QUERIES",
+    "cpu_bf16_attention",
+    "cpu_bf16_auto_declines",
+    "cpu_bf16_supports",
+    "cpu_f32_attention",
+    "cpu_f32_auto_declines",
+    "cpu_f32_supports",
+    "cpu_fused_backward",
+    "cpu_fused_bwd_op",
+    "cpu_fused_forward",
+    "cpu_fused_fwd_op",
+]

@@ -49,8 +49,8 @@ BLOCKS = (64, 64)  # (query rows, keys) per block: QB, KB in csrc/flash_cpu.c, c
 ELEM_BYTES = {"bf16": 2, "f32": 4}
 _COMMON = ["-O3", "-std=c11", "-fPIC", "-shared", "-fopenmp", "-mfma", "-mavx512f"]
 FLAGS = {  # variant -> compiler flags
-    "bf16": _COMMON + ["-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16"],
-    "f32": _COMMON + ["-DSELFATTN_F32"],
+    "bf16": [*_COMMON, "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16"],
+    "f32": [*_COMMON, "-DSELFATTN_F32"],
 }
 REQUIRED_FLAGS = {  # variant -> /proc/cpuinfo flags the built code needs
     "bf16": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "fma"),
@@ -84,7 +84,7 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_reason(variant: str) -> str | None:
     """Why this machine's CPU cannot run a variant, or None (the CPU does not change: cached)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -104,7 +104,7 @@ def compiler() -> str:
     return os.environ.get("CC", "gcc")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digest(variant: str, cc: str) -> str:
     config = " ".join([cc, *FLAGS[variant], f"version={KERNEL_VERSION}"]).encode()
     return hashlib.sha256(SOURCE.read_bytes() + b"\0" + config).hexdigest()[:16]
@@ -240,5 +240,5 @@ def block_sizes(variant: str) -> tuple[int, int]:
     return BLOCKS
 
 
-__all__ = ["BLOCKS", "KERNEL_VERSION", "KernelUnavailable", "block_sizes", "build", "cache_dir", "cpu_flags", "cpu_reason",
-           "kernel", "library_path", "unavailable_reason"]
+__all__ = ["BLOCKS", "KERNEL_VERSION", "KernelUnavailable", "block_sizes", "build", "cache_dir", "cpu_flags",
+           "cpu_reason", "kernel", "library_path", "unavailable_reason"]

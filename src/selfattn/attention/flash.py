@@ -29,12 +29,21 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from .math_backend import math_attention
-from .spec import AttentionCall, all_finite, empty_result, is_empty, key_padding_kernel_declines, key_padding_rows, tracing
+from .spec import (
+    AttentionCall,
+    all_finite,
+    empty_result,
+    is_empty,
+    key_padding_kernel_declines,
+    key_padding_rows,
+    tracing,
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,7 @@ DEFAULT_CONFIG = FlashConfig()
 _FLOOR = -1e30  # initial running maximum: below any finite score, above -inf
 
 
-def _sides(causal: bool, window) -> tuple[int | None, int | None]:
+def _sides(causal: bool, window: tuple[int | None, int | None] | None) -> tuple[int | None, int | None]:
     """(left, right) keys around each query's key position; causal caps right at 0; None = unlimited."""
     left, right = window if window is not None else (None, None)
     if causal:
@@ -57,7 +66,8 @@ def _sides(causal: bool, window) -> tuple[int | None, int | None]:
     return left, right
 
 
-def _key_range(i0: int, i1: int, n: int, m: int, causal: bool, window) -> tuple[int, int]:
+def _key_range(i0: int, i1: int, n: int, m: int, causal: bool,
+               window: tuple[int | None, int | None] | None) -> tuple[int, int]:
     """Keys [lo, hi) that some query in rows [i0, i1) may attend (causal/window, bottom-right)."""
     left, right = _sides(causal, window)
     p0, p1 = i0 + m - n, i1 - 1 + m - n  # key positions of the first and last query
@@ -66,7 +76,9 @@ def _key_range(i0: int, i1: int, n: int, m: int, causal: bool, window) -> tuple[
     return lo, max(lo, hi)
 
 
-def _block_forbidden(i0, i1, j0, j1, n, m, causal, window, device) -> Tensor | None:
+def _block_forbidden(i0: int, i1: int, j0: int, j1: int, n: int, m: int, causal: bool,
+                     window: tuple[int | None, int | None] | None,
+                     device: torch.device | str) -> Tensor | None:
     """(bq, bk) boolean, True = may NOT attend, or None when every pair in the block is allowed."""
     left, right = _sides(causal, window)
     p0, p1 = i0 + m - n, i1 - 1 + m - n
@@ -78,7 +90,7 @@ def _block_forbidden(i0, i1, j0, j1, n, m, causal, window, device) -> Tensor | N
 
 
 @functools.lru_cache(maxsize=64)
-def _forbidden_pattern(offset, bq, bk, left, right, device) -> Tensor:
+def _forbidden_pattern(offset: int, bq: int, bk: int, left: int | None, right: int | None, device: str) -> Tensor:
     pos = torch.arange(bq, device=device).unsqueeze(1) + offset  # (bq, 1) key position - j0
     j = torch.arange(bk, device=device).unsqueeze(0)  # (1, bk)
     bad = torch.zeros(bq, bk, dtype=torch.bool, device=device)
@@ -89,7 +101,9 @@ def _forbidden_pattern(offset, bq, bk, left, right, device) -> Tensor:
     return bad
 
 
-def _scores(qb, kb, i0, i1, j0, j1, n, m, scale, causal, window, kpm, slopes) -> Tensor:
+def _scores(qb: Tensor, kb: Tensor, i0: int, i1: int, j0: int, j1: int, n: int, m: int, scale: float,
+            causal: bool, window: tuple[int | None, int | None] | None, kpm: Tensor | None,
+            slopes: Tensor | None) -> Tensor:
     """Masked scores of one block, (b, g, r, bq, bk) in the compute dtype, -inf where forbidden.
 
     qb: (b, g, r*bq, d) query block; kb: (b, g, bk, d) key block; kpm: (b|1, m) bool, True = padded;
@@ -115,7 +129,8 @@ def _blocks(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _forward(q5, k, v, kpm, slopes, scale, causal, window, cfg) -> tuple[Tensor, Tensor]:
+def _forward(q5: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slopes: Tensor | None, scale: float,
+             causal: bool, window: tuple[int | None, int | None] | None, cfg: FlashConfig) -> tuple[Tensor, Tensor]:
     """q5: (b, g, r, n, d) compute dtype. Returns out (b, g, r, n, e) and lse (b, g, r, n)."""
     b, g, r, n, _ = q5.shape
     m, e = k.shape[2], v.shape[3]
@@ -148,14 +163,17 @@ def _forward(q5, k, v, kpm, slopes, scale, causal, window, cfg) -> tuple[Tensor,
     return out, lse
 
 
-def _backward(q5, k, v, out, lse, dout, kpm, slopes, scale, causal, window, cfg):
+def _backward(q5: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, kpm: Tensor | None,
+              slopes: Tensor | None, scale: float, causal: bool, window: tuple[int | None, int | None] | None,
+              cfg: FlashConfig) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dq5, dk, dv) by recomputing p = exp(s - lse) block by block (FlashAttention-2)."""
     b, g, r, n, d = q5.shape
     m, e = k.shape[2], v.shape[3]
     delta = (dout * out).sum(dim=-1, keepdim=True)  # (b, g, r, n, 1): rowsum(dO * O)
     dq = torch.zeros_like(q5)
     dk, dv = torch.zeros_like(k), torch.zeros_like(v)
-    nan_rows = not tracing() and bool(torch.isnan(lse).any())  # a +inf/NaN logit: exp(s - NaN) must stay 0 where s = -inf
+    # a +inf/NaN logit: exp(s - NaN) must stay 0 where s = -inf
+    nan_rows = not tracing() and bool(torch.isnan(lse).any())
     q_blocks = _blocks(n, cfg.block_q)
     ranges = [_key_range(i0, i1, n, m, causal, window) for i0, i1 in q_blocks]
     for j0, j1 in _blocks(m, cfg.block_k):
@@ -188,7 +206,8 @@ class FlashFunction(torch.autograd.Function):
     """Autograd wrapper: saves (q, k, v, out, lse), O(N) memory, and recomputes in backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, kpm, slopes, scale, causal, window, cfg):
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slopes: Tensor | None,
+                scale: float, causal: bool, window: tuple[int | None, int | None] | None, cfg: FlashConfig) -> Tensor:
         b, h, n, d = q.shape
         g = k.shape[1]
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -201,7 +220,7 @@ class FlashFunction(torch.autograd.Function):
         return out5.view(b, h, n, -1).to(q.dtype)  # (b, h, n, e)
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, out5, lse, kpm, slopes = ctx.saved_tensors
         scale, causal, window, cfg = ctx.args
         b, h, n, d = q.shape
@@ -218,7 +237,7 @@ class FlashFunction(torch.autograd.Function):
 
 def flash_attention(
     q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
-    scale: float | None = None, dropout_p: float = 0.0, window=None,
+    scale: float | None = None, dropout_p: float = 0.0, window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None, return_weights: bool = False,
     config: FlashConfig = DEFAULT_CONFIG,
 ) -> tuple[Tensor, None]:
@@ -235,7 +254,8 @@ def flash_attention(
                               alibi_slopes=alibi_slopes)[0], None
     kpm = None if allowed is None else ~allowed  # (b|1, m), True = padded
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    out = FlashFunction.apply(q, k, v, kpm, alibi_slopes, scale, bool(causal), window, config)
+    out = cast(Tensor, FlashFunction.apply(  # type: ignore[no-untyped-call]
+        q, k, v, kpm, alibi_slopes, scale, bool(causal), window, config))
     return out, None
 
 

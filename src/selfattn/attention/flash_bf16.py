@@ -27,7 +27,7 @@ from .torch_backend import torch_attention, torch_supports
 
 def torch_f32_attention(
     q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
-    scale: float | None = None, dropout_p: float = 0.0, window=None,
+    scale: float | None = None, dropout_p: float = 0.0, window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None, return_weights: bool = False,
 ) -> tuple[Tensor, None]:
     f32 = torch.float32

@@ -14,9 +14,10 @@ Legend: b batch, h query heads, g kv heads, n/m queries/keys (padded: n_pad, m_p
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import torch
 from torch import Tensor
@@ -45,11 +46,11 @@ _SIZES = [Arg(x, "i64") for x in ("b", "h", "g", "n", "m", "n_pad", "m_pad", "d"
     Arg("scale", "float"), Arg("left", "i64"), Arg("right", "i64"), Arg("nthreads", "int")]
 
 
-def _q(c):  # (b, h, n_pad, c) buffers
+def _q(c: str) -> Callable[[Dims], int]:  # (b, h, n_pad, c) buffers
     return lambda s: s["b"] * s["h"] * s["n_pad"] * s[c]
 
 
-def _k(c):  # (b, g, m_pad, c) buffers
+def _k(c: str) -> Callable[[Dims], int]:  # (b, g, m_pad, c) buffers
     return lambda s: s["b"] * s["g"] * s["m_pad"] * s[c]
 
 
@@ -68,7 +69,7 @@ _NAMES = {id(t): frozenset(a.name for a in t) for t in (FORWARD, BACKWARD)}  # t
 
 
 def _check_dims(s: Dims, qb: int, kb: int) -> None:
-    def bad(name: str, expected: str):
+    def bad(name: str, expected: str) -> NoReturn:
         raise ValueError(f"kernel argument {name}: expected {expected}, got {s[name]}")
 
     if s["n_pad"] % qb or s["n_pad"] < s["n"]:
@@ -90,6 +91,8 @@ def _pointer(arg: Arg, t: Tensor | None, elem: torch.dtype, dims: Dims) -> int:
             raise ValueError(f"kernel argument {arg.name}: expected a tensor, got None")
         return 0
     dtype = elem if arg.kind == "elem" else _DTYPES[arg.kind]
+    if arg.numel is None:  # only buffers (with a numel) are passed as pointers
+        raise ValueError(f"kernel argument {arg.name}: not a buffer")
     want = arg.numel(dims)
     if not isinstance(t, Tensor) or t.dtype != dtype or t.is_cuda or not t.is_contiguous() or t.device.type != "cpu":
         got = f"{t.dtype} on {t.device}, contiguous={t.is_contiguous()}" if isinstance(t, Tensor) else type(t)
@@ -99,7 +102,7 @@ def _pointer(arg: Arg, t: Tensor | None, elem: torch.dtype, dims: Dims) -> int:
     return t.data_ptr()
 
 
-def _bind(fn, table: list[Arg]):
+def _bind(fn: Any, table: list[Arg]) -> Any:
     fn.restype = ctypes.c_int
     fn.argtypes = [_CTYPES[a.kind] for a in table]
     return fn
@@ -116,11 +119,11 @@ class Kernel:
     qb: int  # query rows per block
     kb: int  # keys per block
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _bind(self.lib.selfattn_flash_fwd, FORWARD)
         _bind(self.lib.selfattn_flash_bwd, BACKWARD)
 
-    def _call(self, fn, table: list[Arg], kwargs: dict) -> None:
+    def _call(self, fn: Any, table: list[Arg], kwargs: dict[str, Any]) -> None:
         if kwargs.keys() != _NAMES[id(table)]:
             names = [a.name for a in table]
             missing, extra = sorted(set(names) - set(kwargs)), sorted(set(kwargs) - set(names))
@@ -133,11 +136,11 @@ class Kernel:
         if fn(*values) != 0:
             raise MemoryError(f"the {self.variant} attention kernel could not allocate its scratch buffers")
 
-    def forward(self, **kwargs) -> None:
+    def forward(self, **kwargs: Any) -> None:
         """``selfattn_flash_fwd`` with the arguments of :data:`FORWARD`, by name; writes out and lse."""
         self._call(self.lib.selfattn_flash_fwd, FORWARD, kwargs)
 
-    def backward(self, **kwargs) -> None:
+    def backward(self, **kwargs: Any) -> None:
         """``selfattn_flash_bwd`` with the arguments of :data:`BACKWARD`, by name; writes dq, dk, dv."""
         self._call(self.lib.selfattn_flash_bwd, BACKWARD, kwargs)
 

@@ -53,9 +53,9 @@ def score_bias_and_mask(
     *,
     mask: Tensor | None,
     causal: bool,
-    window,
+    window: tuple[int | None, int | None] | None,
     alibi_slopes: Tensor | None,
-    device,
+    device: torch.device | str,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Combine every kind of mask into one additive bias (float32, or ``dtype`` = float64 for float64
@@ -97,7 +97,7 @@ def _logits(q: Tensor, k: Tensor, scale: float, bias: Tensor | None, allowed: Te
             bad &= allowed
         full_bias = None if bias is None else bias.expand(b, h, n, m)
 
-        def exact(idx):  # (P,) logits of the pairs idx = (bi, hi, i, j)
+        def exact(idx: tuple[Tensor, ...]) -> Tensor:  # (P,) logits of the pairs idx = (bi, hi, i, j)
             x = (q[idx[0], idx[1], idx[2]] * k[idx[0], idx[1], idx[3]]).sum(-1) * scale
             return x if full_bias is None else x + full_bias[idx]
 
@@ -131,7 +131,7 @@ def math_attention(
     causal: bool = False,
     scale: float | None = None,
     dropout_p: float = 0.0,
-    window=None,
+    window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None,
     return_weights: bool = False,
 ) -> tuple[Tensor, Tensor | None]:

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -37,7 +37,8 @@ from .spec import AttentionCall, validate_call
 class AttentionFn(Protocol):
     def __call__(
         self, q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, causal: bool,
-        scale: float | None, dropout_p: float, window, alibi_slopes: Tensor | None,
+        scale: float | None, dropout_p: float, window: tuple[int | None, int | None] | None,
+        alibi_slopes: Tensor | None,
         return_weights: bool,
     ) -> tuple[Tensor, Tensor | None]: ...
 
@@ -117,7 +118,7 @@ class Registry(Mapping[str, Backend]):
         self._decisions.clear()
 
     @contextlib.contextmanager
-    def temporarily(self, *, add: tuple[Backend, ...] = (), remove: tuple[str, ...] = ()):
+    def temporarily(self, *, add: tuple[Backend, ...] = (), remove: tuple[str, ...] = ()) -> Iterator[Registry]:
         """Within the block, ``add`` these backends and ``remove`` these names; then restore."""
         saved = dict(self._backends)
         try:
@@ -203,7 +204,7 @@ def register_backend(
 
 def explain_backend(
     q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
-    scale: float | None = None, dropout_p: float = 0.0, window=None,
+    scale: float | None = None, dropout_p: float = 0.0, window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None, backend: str = "auto", return_weights: bool = False,
 ) -> BackendChoice:
     """Tell which backend :func:`attention` would use for these arguments, and why not the others."""
@@ -215,8 +216,8 @@ def explain_backend(
 _CALL_FIELDS = tuple(f.name for f in dataclasses.fields(AttentionCall))
 
 
-@torch.compiler.assume_constant_result
-def _decided_constant(backend: str, *fields) -> str:
+@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]
+def _decided_constant(backend: str, *fields: Any) -> str:
     return BACKENDS.decide(AttentionCall(*fields), backend)
 
 
@@ -230,7 +231,7 @@ def _decide_while_tracing(call: AttentionCall, backend: str) -> str:
     fields = [getattr(call, f) for f in _CALL_FIELDS]
     if any(isinstance(x, torch.SymInt) for x in fields):
         return "math" if call.return_weights else "torch"
-    return _decided_constant(backend, *fields)
+    return cast(str, _decided_constant(backend, *fields))
 
 
 def attention(
@@ -246,7 +247,7 @@ def attention(
     alibi_slopes: Tensor | None = None,
     backend: str = "auto",
     return_weights: bool = False,
-):
+) -> Any:  # Tensor, or (Tensor, Tensor | None) when return_weights
     """Scaled dot-product attention ``softmax(q kᵀ · scale + bias) v``.
 
     Args:
@@ -278,7 +279,7 @@ def attention(
                              alibi_slopes=alibi_slopes, backend=backend, return_weights=return_weights)
     call = validate_call(q, k, v, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p,
                          window=window, alibi_slopes=alibi_slopes, return_weights=return_weights)
-    kwargs = dict(mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=call.window,
+    kwargs: dict[str, Any] = dict(mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=call.window,
                   alibi_slopes=alibi_slopes, return_weights=return_weights)
     if torch.compiler.is_compiling():  # decided at trace time, outside the graph, as a constant
         out, weights = BACKENDS[_decide_while_tracing(call, backend)].fn(q, k, v, **kwargs)

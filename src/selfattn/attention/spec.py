@@ -100,7 +100,7 @@ def _check_mask(mask: Tensor, q: Tensor, target: tuple[int, int, int, int]) -> t
             f"mask must be boolean (True = may attend) or a floating additive bias, got dtype {mask.dtype}"
         )
     try:
-        bshape = torch.broadcast_shapes(mask.shape, target)
+        bshape = torch.broadcast_shapes(mask.shape, target)  # type: ignore[no-untyped-call]
     except RuntimeError:
         bshape = None
     if mask.dim() > 4 or bshape != torch.Size(target):
@@ -111,23 +111,24 @@ def _check_mask(mask: Tensor, q: Tensor, target: tuple[int, int, int, int]) -> t
     return kind, kind == "bool" and full[1] == 1 and full[2] == 1, grad
 
 
-def _check_window(window) -> tuple[int | None, int | None] | None:
+def _check_window(window: object) -> tuple[int | None, int | None] | None:
     if window is None:
         return None
     if not (isinstance(window, (tuple, list)) and len(window) == 2):
         raise ValueError(f"window must be a pair (left, right) of ints or None, got {window!r}")
     for side in window:
-        if side is not None and (isinstance(side, bool) or not (isinstance(side, numbers.Integral) and side >= 0)):
+        if side is not None and (isinstance(side, bool) or not (isinstance(side, numbers.Integral) and int(side) >= 0)):
             raise ValueError(f"window sizes must be non-negative ints or None, got {window!r}")
-    return tuple(None if side is None else int(side) for side in window)
+    left, right = window
+    return (None if left is None else int(left)), (None if right is None else int(right))
 
 
-def _is_real(x) -> bool:
+def _is_real(x: object) -> bool:
     """A plain real number (Python or NumPy scalar), not a bool (``True`` is no scale)."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool)  # NumPy's bool_ is no numbers.Real
 
 
-def _check_alibi(slopes, q: Tensor, h: int) -> None:
+def _check_alibi(slopes: object, q: Tensor, h: int) -> None:
     """ALiBi slopes: a finite floating (Hq,) tensor on q's device."""
     if not isinstance(slopes, Tensor):
         raise ValueError(f"alibi_slopes must be a tensor of shape (Hq,) = ({h},), got {type(slopes).__name__}")
@@ -243,11 +244,13 @@ _CACHE_MAX_ELEMENTS = 2**26  # 64 MiB of booleans at most per cached mask (N = 8
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_structural_mask(n, m, causal, window, device) -> Tensor:
+def _cached_structural_mask(n: int, m: int, causal: bool, window: tuple[int | None, int | None] | None,
+                            device: torch.device | str) -> Tensor:
     return _build_structural_mask(n, m, causal, window, device)  # shared: callers never modify it in place
 
 
-def _build_structural_mask(n, m, causal, window, device) -> Tensor:
+def _build_structural_mask(n: int, m: int, causal: bool, window: tuple[int | None, int | None] | None,
+                           device: torch.device | str) -> Tensor:
     pos = torch.arange(n, device=device).unsqueeze(1) + (m - n)  # (n, 1)
     j = torch.arange(m, device=device).unsqueeze(0)  # (1, m)
     allowed = torch.ones(n, m, dtype=torch.bool, device=device)

@@ -18,6 +18,8 @@ one min/max pass over q and k and one sum over v and the output for those checks
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,13 +37,14 @@ def torch_attention(
     causal: bool = False,
     scale: float | None = None,
     dropout_p: float = 0.0,
-    window=None,
+    window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None,
     return_weights: bool = False,
 ) -> tuple[Tensor, None]:
     if is_empty(q, k):
         return empty_result(q, k, v), None
-    kw = dict(mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=window, alibi_slopes=alibi_slopes)
+    kw: dict[str, Any] = dict(mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=window,
+                              alibi_slopes=alibi_slopes)
     if not logits_may_overflow(q, k) and all_finite(v) and bias_is_finite(mask):
         out, dead = _sdpa(q, k, v, **kw)
         if all_finite(out):  # checked before dead rows are zeroed: their opened-up softmax must be finite too
@@ -51,8 +54,9 @@ def torch_attention(
     return math_attention(q, k, v, **kw)[0], None
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask, causal, scale, dropout_p, window,
-          alibi_slopes) -> tuple[Tensor, Tensor | None]:
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, causal: bool, scale: float | None,
+          dropout_p: float, window: tuple[int | None, int | None] | None,
+          alibi_slopes: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """SDPA with our mask convention and bottom-right causal, on finite inputs. Returns the output
     (b, h, n, e) with dead rows opened up (attending every key) and those rows, (.., n, 1) or None."""
     n, m = q.shape[2], k.shape[2]
@@ -81,6 +85,8 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask, causal, scale, dropout_p, wi
         dead = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)  # (.., n, 1) rows with no key
         attn_mask = attn_mask.masked_fill(dead, 0.0)
     else:
+        if allowed is None:  # score_bias_and_mask returns a mask when it returns no bias here
+            raise ValueError("attention needs a bias or a mask on this path")
         dead = ~allowed.any(dim=-1, keepdim=True)  # (.., n, 1)
         attn_mask = allowed | dead
     while attn_mask.dim() < 4:

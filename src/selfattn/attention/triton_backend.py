@@ -21,7 +21,9 @@ import functools
 import importlib.util
 import os
 import sys
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -34,7 +36,7 @@ MAX_HEAD_DIM = 256  # larger tiles no longer fit in shared memory / registers
 MAX_GRID_Y = 65535  # CUDA's limit on grid dimension 1, which enumerates (batch, head) pairs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     """Triton is installed (it is an optional extra). Cached: find_spec costs ~17% of a decode step."""
     return importlib.util.find_spec("triton") is not None
@@ -44,7 +46,7 @@ def interpreting() -> bool:
     """Whether the kernels run (or, once imported, will run) in Triton's interpreter."""
     mod = sys.modules.get(_KERNELS)
     if mod is not None:
-        return mod.INTERPRET
+        return cast(bool, mod.INTERPRET)
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -78,7 +80,7 @@ def tile_config(d: int, e: int, *, backward: bool, interpret: bool) -> TileConfi
     return TileConfig(64, 32, 8, 2)
 
 
-def _bounds(causal: bool, window) -> tuple[int | None, int | None]:
+def _bounds(causal: bool, window: tuple[int | None, int | None] | None) -> tuple[int | None, int | None]:
     """(left, right) limits around each query's key position; causal is right = 0."""
     left, right = window if window is not None else (None, None)
     if causal:
@@ -86,7 +88,7 @@ def _bounds(causal: bool, window) -> tuple[int | None, int | None]:
     return left, right
 
 
-def _pad_rows(mask: Tensor | None, b: int, m: int, device) -> tuple[Tensor, int]:
+def _pad_rows(mask: Tensor | None, b: int, m: int, device: torch.device | str) -> tuple[Tensor, int]:
     """Key-padding mask (b|1, 1, 1, m) bool -> (b|1, m) int8 and its batch stride (0 = shared)."""
     if mask is None:
         return torch.ones(1, 1, dtype=torch.int8, device=device), 0  # unused dummy
@@ -99,8 +101,9 @@ def _last_unit(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _common(q: Tensor, k: Tensor, v: Tensor, left, right, scale: float, interp: bool) -> dict:
-    b, h, n, d = q.shape
+def _common(q: Tensor, k: Tensor, v: Tensor, left: int | None, right: int | None, scale: float,
+            interp: bool) -> dict[str, Any]:
+    _, h, n, d = q.shape
     g, m, e = k.shape[1], k.shape[2], v.shape[3]
     return dict(
         H=h, GROUPS=h // g, NQ=n, NK=m, D=d, E=e, qk_scale=scale * LOG2E,
@@ -110,7 +113,8 @@ def _common(q: Tensor, k: Tensor, v: Tensor, left, right, scale: float, interp: 
     )
 
 
-def _launch_fwd(q, k, v, pad, spb, has_pad, left, right, scale):
+def _launch_fwd(q: Tensor, k: Tensor, v: Tensor, pad: Tensor, spb: int, has_pad: bool, left: int | None,
+                right: int | None, scale: float) -> tuple[Tensor, Tensor]:
     from . import triton_kernels as tk
 
     b, h, n, d = q.shape
@@ -127,7 +131,8 @@ def _launch_fwd(q, k, v, pad, spb, has_pad, left, right, scale):
     return o, lse
 
 
-def _launch_bwd(q, k, v, o, lse, pad, do, spb, has_pad, left, right, scale):
+def _launch_bwd(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, pad: Tensor, do: Tensor, spb: int,
+                has_pad: bool, left: int | None, right: int | None, scale: float) -> tuple[Tensor, Tensor, Tensor]:
     from . import triton_kernels as tk
 
     delta = (do.float() * o.float()).sum(-1).contiguous()  # (b, h, n): rowsum(dO ∘ O)
@@ -149,7 +154,7 @@ def _launch_bwd(q, k, v, o, lse, pad, do, spb, has_pad, left, right, scale):
     return dq, dk, dv
 
 
-def _on_device(t: Tensor):
+def _on_device(t: Tensor) -> AbstractContextManager[Any]:
     """Triton launches on the current CUDA device: make it the tensors' one (multi-GPU)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
@@ -158,7 +163,8 @@ class _TritonAttention(torch.autograd.Function):
     """softmax(q kᵀ · scale, masked) v with a recomputing backward (FlashAttention-2)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, pad, spb, has_pad, left, right, scale):
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, pad: Tensor, spb: int, has_pad: bool, left: int | None,
+                right: int | None, scale: float) -> Tensor:
         with _on_device(q):
             o, lse = _launch_fwd(q, k, v, pad, spb, has_pad, left, right, scale)
         ctx.save_for_backward(q, k, v, o, lse, pad)
@@ -166,7 +172,7 @@ class _TritonAttention(torch.autograd.Function):
         return o
 
     @staticmethod
-    def backward(ctx, do):
+    def backward(ctx: Any, do: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, o, lse, pad = ctx.saved_tensors
         with _on_device(q):
             grads = _launch_bwd(q, k, v, o, lse, pad, _last_unit(do), *ctx.args)
@@ -182,7 +188,7 @@ def triton_attention(
     causal: bool = False,
     scale: float | None = None,
     dropout_p: float = 0.0,
-    window=None,
+    window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None,
     return_weights: bool = False,
 ) -> tuple[Tensor, None]:
@@ -195,7 +201,8 @@ def triton_attention(
     left, right = _bounds(causal, window)
     pad, spb = _pad_rows(mask, b, m, q.device)
     q, k, v = _last_unit(q), _last_unit(k), _last_unit(v)
-    out = _TritonAttention.apply(q, k, v, pad, spb, mask is not None, left, right, scale)
+    out = cast(Tensor, _TritonAttention.apply(  # type: ignore[no-untyped-call]
+        q, k, v, pad, spb, mask is not None, left, right, scale))
     return out, None  # (b, h, n, e)
 
 

@@ -44,6 +44,8 @@ class KVCache:
     def reorder(self, index: Tensor) -> None:
         """Select batch rows (beam search): keeps rows ``index`` in that order."""
         if self.k is not None:
+            if self.v is None:  # k and v are always set together
+                raise ValueError("KVCache holds keys but no values")
             self.k = self.k.index_select(0, index)
             self.v = self.v.index_select(0, index)
 
@@ -141,6 +143,8 @@ class MultiHeadAttention(nn.Module):
         q = self._split(self.q_proj(x), self.num_heads)  # (b, h, n, d)
         if context is not None:  # cross-attention: keys/values from the source, computed once
             if cache is not None and cache.k is not None:
+                if cache.v is None:  # k and v are always set together
+                    raise ValueError("KVCache holds keys but no values")
                 k, v = cache.k, cache.v
             else:
                 k, v = self.project_kv(context)  # (b, g, m, d) each

@@ -7,6 +7,7 @@ Masks are boolean, True = may attend; decoder self-attention is causal (bottom-r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -56,7 +57,8 @@ class _Residual(nn.Module):
         self.p_drop = s.dropout  # residual dropout, fused into the add (layers/dropout.py)
         self.norm_first = s.norm_first
 
-    def forward(self, x: Tensor, fn) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, fn: Callable[[Tensor], Tensor | tuple[Tensor, Tensor | None]]
+                ) -> tuple[Tensor, Tensor | None]:
         out = fn(self.norm(x) if self.norm_first else x)
         y, weights = out if isinstance(out, tuple) else (out, None)
         x = residual_dropout(x, y, self.p_drop, self.training)
@@ -118,7 +120,10 @@ class DecoderLayer(nn.Module):
         if self.cross_attn is not None:
             if memory is None and (cache is None or cache.cross_attn.k is None):
                 raise ValueError("a decoder layer with cross-attention needs the encoder memory")
-            x, w_cross = self.sub_cross(x, lambda h: self.cross_attn(
+            cross_attn = self.cross_attn
+            if self.sub_cross is None:  # built together with cross_attn in __init__
+                raise ValueError("a decoder layer with cross-attention needs its residual sublayer")
+            x, w_cross = self.sub_cross(x, lambda h: cross_attn(
                 h, memory if memory is not None else h, mask=memory_mask, need_weights=need_weights,
                 cache=cache.cross_attn if cache is not None else None,
             ))

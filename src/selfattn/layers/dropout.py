@@ -18,6 +18,7 @@ the backward saves only it.
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +36,7 @@ def drop_probability(p: float) -> float:
     return round(p * _LEVELS) / _LEVELS
 
 
-def _uniform16(shape: torch.Size | tuple[int, ...], device) -> Tensor:
+def _uniform16(shape: torch.Size | tuple[int, ...], device: torch.device | str) -> Tensor:
     """int16 tensor of ``shape``, each element uniform on the 65536 values (16 bits of an int64 draw)."""
     if torch.compiler.is_compiling():  # Dynamo cannot trace random_ on a full int64 range: the same law, traced
         return torch.randint(-(_LEVELS // 2), _LEVELS // 2, tuple(shape), dtype=torch.int32, device=device)
@@ -54,7 +55,8 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     return _uniform16(shape, device) >= _threshold(p)
 
 
-def keep_weights(shape, p: float, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
+def keep_weights(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> Tensor:
     """The same draws as :func:`keep_mask` as 0/1 values of ``dtype``.
 
     Built arithmetically (int16 -> float32, shift, clamp to [0, 1]: exact for integers) because on CPU the
@@ -70,13 +72,13 @@ class _MaskedScale(torch.autograd.Function):
     """x · keep · scale (keep 0/1 in x's dtype), and the same for the gradient."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, keep: Tensor, scale: float) -> Tensor:
+    def forward(ctx: Any, x: Tensor, keep: Tensor, scale: float) -> Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
         return (x * keep).mul_(scale)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (keep,) = ctx.saved_tensors
         return (grad * keep).mul_(ctx.scale), None, None
 
@@ -85,13 +87,13 @@ class _ResidualDropout(torch.autograd.Function):
     """x + y · keep · scale with the scale applied inside the add (``torch.add(..., alpha=scale)``)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, keep: Tensor, scale: float) -> Tensor:
+    def forward(ctx: Any, x: Tensor, y: Tensor, keep: Tensor, scale: float) -> Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
         return torch.add(x, y * keep, alpha=scale)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
         (keep,) = ctx.saved_tensors
         return grad, (grad * keep).mul_(ctx.scale), None, None
 
@@ -102,7 +104,8 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if not training or p == 0.0:
         return x
     keep = keep_weights(x.shape, p, x.dtype, x.device)
-    return _MaskedScale.apply(x, keep, 1.0 / (1.0 - drop_probability(p)))
+    scale = 1.0 / (1.0 - drop_probability(p))
+    return cast(Tensor, _MaskedScale.apply(x, keep, scale))  # type: ignore[no-untyped-call]
 
 
 def residual_dropout(x: Tensor, y: Tensor, p: float, training: bool = True) -> Tensor:
@@ -115,13 +118,14 @@ def residual_dropout(x: Tensor, y: Tensor, p: float, training: bool = True) -> T
     y = y.to(torch.promote_types(x.dtype, y.dtype))
     x = x.to(y.dtype)
     keep = keep_weights(y.shape, p, y.dtype, y.device)
-    return _ResidualDropout.apply(x, y, keep, 1.0 / (1.0 - drop_probability(p)))
+    scale = 1.0 / (1.0 - drop_probability(p))
+    return cast(Tensor, _ResidualDropout.apply(x, y, keep, scale))  # type: ignore[no-untyped-call]
 
 
 class Dropout(nn.Module):
     """Drop-in for ``nn.Dropout(p)`` (same ``p`` attribute and train/eval behaviour) with the cheap mask."""
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         _check_p(p)
         self.p = p

@@ -35,5 +35,8 @@ class FeedForward(nn.Module):
         elif self.activation == "gelu_tanh":
             h = F.gelu(h, approximate="tanh")
         else:
+            if self.gate is None:  # built for swiglu in __init__
+                raise ValueError("swiglu FeedForward has no gate")
             h = F.silu(h) * self.gate(x)
-        return self.linear2(self.dropout(h))  # (b, n, d)
+        out: Tensor = self.linear2(self.dropout(h))  # (b, n, d)
+        return out

@@ -4,6 +4,18 @@ from .architectures import Transformer, TransformerEncoderModel, TransformerLM, 
 from .config import PRESETS, ModelConfig, preset
 from .transformer import Decoder, DecoderCache, Embeddings, Encoder, count_parameters, key_mask
 
-__all__ = ["Decoder", "DecoderCache", "Embeddings", "Encoder", "ModelConfig", "PRESETS",
-           "Transformer", "TransformerEncoderModel", "TransformerLM", "build_model",
-           "count_parameters", "key_mask", "preset"]
+__all__ = [
+           "PRESETS",
+           "Decoder",
+           "DecoderCache",
+           "Embeddings",
+           "Encoder",
+           "ModelConfig",
+           "Transformer",
+           "TransformerEncoderModel",
+           "TransformerLM",
+           "build_model",
+           "count_parameters",
+           "key_mask",
+           "preset",
+]

@@ -61,7 +61,8 @@ class Transformer(_Base):
         if cfg.share_embeddings:
             self.output.weight = self.tgt_embed.token.weight  # tied (§3.4)
 
-    def encode(self, src: Tensor, src_padding: Tensor | None = None, *, need_weights: bool = False):
+    def encode(self, src: Tensor, src_padding: Tensor | None = None, *, need_weights: bool = False
+               ) -> tuple[Tensor, Tensor | None, list[Tensor | None]]:
         """src (b, m) -> memory (b, m, c), memory mask (b, 1, 1, m) or None, per-layer weights."""
         mask = key_mask(_padding(src, src_padding, self.cfg.pad_id))
         memory, weights = self.encoder(self.src_embed(src), mask, need_weights=need_weights)
@@ -69,7 +70,7 @@ class Transformer(_Base):
 
     def decode(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor | None = None, *,
                tgt_padding: Tensor | None = None, cache: DecoderCache | None = None,
-               need_weights: bool = False):
+               need_weights: bool = False) -> tuple[Tensor, list[tuple[Tensor | None, Tensor | None]]]:
         """tgt (b, n) -> logits (b, n, V) and per-layer (self, cross) weights.
 
         With ``cache`` pass only the new target positions; keys/values of earlier ones are reused.
@@ -79,7 +80,8 @@ class Transformer(_Base):
         x = self.tgt_embed(tgt, offset=offset)  # (b, n, c)
         x, weights = self.decoder(x, memory, self_mask=self_mask, memory_mask=memory_mask,
                                   cache=cache, need_weights=need_weights)
-        return self.output(x), weights  # (b, n, V)
+        logits: Tensor = self.output(x)  # (b, n, V)
+        return logits, weights
 
     def forward(self, src: Tensor, tgt: Tensor, src_padding: Tensor | None = None,
                 tgt_padding: Tensor | None = None) -> Tensor:
@@ -105,7 +107,7 @@ class TransformerEncoderModel(_Base):
         init_weights(self, cfg)
 
     def forward(self, tokens: Tensor, padding: Tensor | None = None, token_types: Tensor | None = None,
-                *, need_weights: bool = False):
+                *, need_weights: bool = False) -> Tensor | tuple[Tensor, list[Tensor | None]]:
         """Returns hidden states (b, n, c); with ``need_weights`` also the per-layer weights."""
         mask = key_mask(_padding(tokens, padding, self.cfg.pad_id))
         x, weights = self.encoder(self.embed(tokens, token_types=token_types), mask, need_weights=need_weights)
@@ -128,13 +130,14 @@ class TransformerLM(_Base):
             self.output.weight = self.embed.token.weight
 
     def forward(self, tokens: Tensor, padding: Tensor | None = None, *, cache: DecoderCache | None = None,
-                need_weights: bool = False):
+                need_weights: bool = False
+                ) -> Tensor | tuple[Tensor, list[tuple[Tensor | None, Tensor | None]]]:
         """tokens (b, n) -> logits (b, n, V). With ``cache`` pass only the new tokens."""
         offset = cache.offset if cache is not None else 0
         mask = key_mask(_padding(tokens, padding, self.cfg.pad_id)) if cache is None else None
         x, weights = self.decoder(self.embed(tokens, offset=offset), self_mask=mask, cache=cache,
                                   need_weights=need_weights)
-        logits = self.output(x)  # (b, n, V)
+        logits: Tensor = self.output(x)  # (b, n, V)
         return (logits, weights) if need_weights else logits
 
     def new_cache(self) -> DecoderCache:
@@ -143,7 +146,9 @@ class TransformerLM(_Base):
 
 def build_model(cfg: ModelConfig) -> Transformer | TransformerEncoderModel | TransformerLM:
     """The model class that matches ``cfg.kind``."""
-    return {"encoder-decoder": Transformer, "encoder": TransformerEncoderModel, "decoder": TransformerLM}[cfg.kind](cfg)
+    classes: dict[str, type[Transformer | TransformerEncoderModel | TransformerLM]] = {
+        "encoder-decoder": Transformer, "encoder": TransformerEncoderModel, "decoder": TransformerLM}
+    return classes[cfg.kind](cfg)
 
 
 __all__ = ["Transformer", "TransformerEncoderModel", "TransformerLM", "build_model"]

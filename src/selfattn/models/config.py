@@ -9,11 +9,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..layers.blocks import LayerSpec
 from ..layers.feedforward import ACTIVATIONS
 from ..positional import POSITIONAL_KINDS
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_D = TypeVar("_D", bound="DataclassInstance")
 
 MODEL_KINDS = ("encoder-decoder", "encoder", "decoder")
 ATTENTION_TYPES = ("full", "sliding", "linear")
@@ -54,7 +59,7 @@ def _float_in(name: str, value: Any, lo: float, hi: float, *, closed_lo: bool = 
         raise ValueError(f"ModelConfig.{name} must be a number in {interval}, got {value!r}")
 
 
-def dataclass_from_dict(cls, d: dict[str, Any], label: str):
+def dataclass_from_dict(cls: type[_D], d: dict[str, Any], label: str) -> _D:
     """``cls(**d)``, but unknown keys give a ValueError that lists the known ones."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
@@ -112,7 +117,8 @@ class ModelConfig:
         _float_in("attention_dropout", self.attention_dropout, 0.0, 1.0, closed_hi=False)
         _float_in("norm_eps", self.norm_eps, 0.0, 1.0, closed_lo=False)
         if not isinstance(self.attention_backend, str) or not self.attention_backend:
-            raise ValueError(f"ModelConfig.attention_backend must be a backend name (str), got {self.attention_backend!r}")
+            raise ValueError("ModelConfig.attention_backend must be a backend name (str), "
+                             f"got {self.attention_backend!r}")
         if not isinstance(self.extra, dict):
             raise ValueError(f"ModelConfig.extra must be a dict, got {type(self.extra).__name__}")
         self._check_relations()
@@ -159,10 +165,10 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         return dataclass_from_dict(cls, d, "config")
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -93,7 +94,8 @@ class Embeddings(nn.Module):
             x = x + self.token_type(types)
         if self.norm is not None:
             x = self.norm(x)
-        return self.dropout(x)
+        out: Tensor = self.dropout(x)
+        return out
 
 
 class Encoder(nn.Module):
@@ -124,7 +126,7 @@ class DecoderCache:
 
     layers: list[DecoderLayerCache]
     offset: int = 0
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def reorder(self, index: Tensor) -> None:
         for c in self.layers:

@@ -5,19 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from selfattn.cli import main
 from selfattn.training import latest_checkpoint
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -323,11 +323,4 @@ def flash_auto_declines(call: AttentionCall) -> str | None:
             f"leave it less than 1/{AUTO_SDPA_PAIR_RATE[mode]:g} of the pairs")
 
 
-def flops(n: int, m: int, d: int, e: int, heads: int, batch: int, causal: bool) -> float:
-    """Matmul FLOPs of one forward (2 matmuls), halved for causal with n == m."""
-    f = 2.0 * batch * heads * n * m * (d + e)
-    return f / 2 if causal else f
-
-
-__all__ = ["FlashConfig", "FlashFunction", "flash_attention", "flash_auto_declines",
-           "flash_supports", "flops"]
+__all__ = ["FlashConfig", "FlashFunction", "flash_attention", "flash_auto_declines", "flash_supports"]

@@ -10,8 +10,7 @@ they become key masks (b, 1, 1, length) for the attention layers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -101,11 +100,10 @@ class Embeddings(nn.Module):
 class Encoder(nn.Module):
     """A stack of encoder layers on embedded inputs (like ``nn.TransformerEncoder``)."""
 
-    def __init__(self, cfg: ModelConfig, num_layers: int | None = None):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         spec = cfg.layer_spec(decoder=False)
-        n_layers = cfg.num_encoder_layers if num_layers is None else num_layers
-        self.layers = nn.ModuleList(EncoderLayer(spec) for _ in range(n_layers))
+        self.layers = nn.ModuleList(EncoderLayer(spec) for _ in range(cfg.num_encoder_layers))
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.uses_final_norm else None
         self.rel_bias = T5RelativeBias(cfg.num_heads, bidirectional=True) if cfg.positional == "t5" else None
 
@@ -126,15 +124,11 @@ class DecoderCache:
 
     layers: list[DecoderLayerCache]
     offset: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def reorder(self, index: Tensor) -> None:
         for c in self.layers:
             c.self_attn.reorder(index)
             c.cross_attn.reorder(index)
-        for key, value in list(self.extra.items()):
-            if isinstance(value, Tensor):
-                self.extra[key] = value.index_select(0, index)
 
 
 class Decoder(nn.Module):

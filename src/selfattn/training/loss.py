@@ -73,4 +73,4 @@ def token_accuracy(logits: Tensor, targets: Tensor) -> tuple[int, int]:
     return int(((logits.argmax(-1) == targets) & keep).sum()), int(keep.sum())
 
 
-__all__ = ["ROWS", "smoothed_cross_entropy", "token_accuracy", "torch"]
+__all__ = ["ROWS", "smoothed_cross_entropy", "token_accuracy"]

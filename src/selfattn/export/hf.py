@@ -116,15 +116,18 @@ def seq2seq_state_dict(model: nn.Module, cfg: ModelConfig, target: str) -> dict[
         out[f"model.{side}.embed_positions.weight"] = table
         if target == "pegasus":
             writes(f"model.{side}.layer_norm", f"{side}.norm")
+    def feed_forward(d: str, s: str) -> None:  # the same rows in encoder and decoder layers
+        reads(f"{d}.fc1", f"{s}.ff.linear1")
+        writes(f"{d}.fc2", f"{s}.ff.linear2")
+        writes(f"{d}.final_layer_norm", f"{s}.sub_ff.norm")
+
     for i in range(cfg.num_encoder_layers):
         d, s = f"model.encoder.layers.{i}", f"encoder.layers.{i}"
         for p in ("q_proj", "k_proj", "v_proj"):
             reads(f"{d}.self_attn.{p}", f"{s}.self_attn.{p}")
         writes(f"{d}.self_attn.out_proj", f"{s}.self_attn.out_proj")
         writes(f"{d}.self_attn_layer_norm", f"{s}.sub_attn.norm")
-        reads(f"{d}.fc1", f"{s}.ff.linear1")
-        writes(f"{d}.fc2", f"{s}.ff.linear2")
-        writes(f"{d}.final_layer_norm", f"{s}.sub_ff.norm")
+        feed_forward(d, s)
     for i in range(cfg.num_decoder_layers):
         d, s = f"model.decoder.layers.{i}", f"decoder.layers.{i}"
         for ours, theirs in (("self_attn", "self_attn"), ("cross_attn", "encoder_attn")):
@@ -133,9 +136,7 @@ def seq2seq_state_dict(model: nn.Module, cfg: ModelConfig, target: str) -> dict[
             writes(f"{d}.{theirs}.out_proj", f"{s}.{ours}.out_proj")
         writes(f"{d}.self_attn_layer_norm", f"{s}.sub_self.norm")
         writes(f"{d}.encoder_attn_layer_norm", f"{s}.sub_cross.norm")
-        reads(f"{d}.fc1", f"{s}.ff.linear1")
-        writes(f"{d}.fc2", f"{s}.ff.linear2")
-        writes(f"{d}.final_layer_norm", f"{s}.sub_ff.norm")
+        feed_forward(d, s)
     return out
 
 

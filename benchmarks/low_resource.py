@@ -17,7 +17,13 @@ Writes benchmarks/results/low_resource.{json,md,png}. Hours of CPU for the whole
 (they import `make_subset` and `paired_bootstrap` only).
 
   python benchmarks/low_resource.py --data ../shared/data/multi30k --work /tmp/lowres --fractions 0.1 \\
-      --methods baseline bt-beam --seeds 0 1 2 --steps 1200
+      --grid small narrow --methods baseline bt-sample subword-both --seeds 0 1 2 --steps 600 --jobs 2
+
+``--grid`` trains each named baseline configuration (GRID) with the first seed and keeps the one with the best
+val BLEU-lc for every method of that size (the grid and its scores are written into the result). ``--jobs``
+trains that many cells at once with ``threads / jobs`` threads each (on 2 cores two 1-thread trainings get more
+done than one 2-thread training of these small models). ``--one-reverse`` trains one reverse model (first seed)
+and one synthetic corpus per back-translation method, shared by every seed of the forward models.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -49,6 +57,22 @@ METHODS = {
     "switchout": ["--switchout", "0.05"],
     "bt-beam": ["BT", "beam"],
     "bt-sample": ["BT", "sample"],
+    "bt-beam-all": ["BT", "beam", "--synthetic-ratio", "0"],  # every left-out sentence, not 1:1
+    "bt-topk-all": ["BT", "topk", "--synthetic-ratio", "0"],  # top-10 sampling (Edunov et al. 2018), all of it
+    "bt-beam-all+subword-both": ["BT", "beam", "--synthetic-ratio", "0", "--subword-alpha", "0.1",
+                                 "--subword-side", "both"],
+}
+
+# Every training run: the README's Multi30k recipe (cosine schedule, peak 1.5e-3), warm-up scaled to short runs.
+RECIPE = ["schedule=cosine", "lr=1.5e-3", "warmup_steps=100", "eval_every=100", "ckpt_every=100", "keep_last=3"]
+
+# Baseline configurations for little data (--grid): --set overrides of the `small` preset. A 2,900-pair subset
+# wants fewer pieces, more dropout and a narrower model than the full corpus (Sennrich & Zhang 2019).
+GRID = {
+    "small": [],  # the full-data recipe as it is: 3+3 layers, d 256, d_ff 1024, dropout 0.1
+    "small-drop0.3": ["dropout=0.3"],
+    "narrow": ["dropout=0.3", "d_ff=512", "num_heads=4"],
+    "narrow-2+2": ["dropout=0.3", "d_ff=512", "num_heads=4", "num_encoder_layers=2", "num_decoder_layers=2"],
 }
 
 
@@ -83,43 +107,86 @@ def paired_bootstrap(refs: list[str], systems: dict[str, list[str]], samples: in
             for name, r in zip(scores["System"], scores["BLEU"])}
 
 
-def _selfattn(*args: str) -> str:
+def _selfattn(*args: str, threads: int) -> str:
     proc = subprocess.run([sys.executable, "-m", "selfattn", *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+                          env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if proc.returncode:
         raise SystemExit(f"selfattn {args[0]} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return proc.stdout
 
 
-def _train(subset: Path, run: Path, flags: list[str], args, seed: int, src="de", tgt="en") -> None:
-    if (run / "checkpoints").is_dir():
-        return  # done before: the protocol resumes where it stopped
-    _selfattn("train", "--task", "translate", "--data", str(subset), "--src", src, "--tgt", tgt,
-              "--preset", args.preset, "--steps", str(args.steps), "--seed", str(seed), "--max-tokens", "4096",
-              "--bleu-eval-size", "0", "--no-progress", "--run-dir", str(run), *flags,
-              *[x for kv in args.set for x in ("--set", kv)])
+def _train_seconds(run: Path) -> float:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return max(r.get("time", 0.0) for r in rows)
 
 
-def run_cell(subset: Path, method: str, seed: int, args) -> dict:
-    """Train one (method, seed) on a subset; beam-4 hypotheses and scores on test and val."""
-    work = subset / "runs" / f"{method}-s{seed}"
-    flags = METHODS[method]
-    if flags[:1] == ["BT"]:
-        reverse = subset / "runs" / f"reverse-s{seed}"
-        _train(subset, reverse, [], args, seed, src="en", tgt="de")
-        synth = subset / f"synth-{flags[1]}-s{seed}.de"
-        if not synth.exists():
-            _selfattn("backtranslate", "--checkpoint", str(reverse), "--input", str(subset / "mono.en"),
-                      "--output", str(synth), "--method", flags[1], "--seed", str(seed))
-        flags = ["--synthetic", str(synth), str(subset / "mono.en")]
-    _train(subset, work, flags, args, seed)
+def _train(subset: Path, run: Path, flags: list[str], args, seed: int, src="de", tgt="en") -> float:
+    """Train one model unless a finished run is there (the protocol resumes where it stopped); its seconds."""
+    if not (run / "done").exists():
+        shutil.rmtree(run, ignore_errors=True)  # an unfinished run from an interrupted protocol starts over
+        _selfattn("train", "--task", "translate", "--data", str(subset), "--src", src, "--tgt", tgt,
+                  "--preset", args.preset, "--steps", str(args.steps), "--seed", str(seed),
+                  "--max-tokens", "4096", "--vocab-size", str(args.vocab_size), "--bleu-eval-size", "0",
+                  "--no-progress", "--run-dir", str(run), *flags,
+                  *[x for kv in RECIPE + args.set for x in ("--set", kv)], threads=args.threads)
+        (run / "done").write_text("")
+    return _train_seconds(run)
+
+
+def _score(run: Path, args, splits=("test", "val")) -> dict:
+    """Beam-4 hypotheses and sacreBLEU scores of a trained run on each split."""
     out = {}
-    for split in ("test", "val"):
-        hyp = work / f"{split}.hyp"
-        line = _selfattn("evaluate", "--checkpoint", str(work), "--split", split, "--beam", "4",
-                         "--hyp-out", str(hyp)).strip().splitlines()[-1]
+    for split in splits:
+        hyp = run / f"{split}.hyp"
+        line = _selfattn("evaluate", "--checkpoint", str(run), "--split", split, "--beam", "4",
+                         "--average-last", str(args.average_last), "--hyp-out", str(hyp),
+                         threads=args.threads).strip().splitlines()[-1]
         out[split] = {**json.loads(line), "hyps": hyp.read_text(encoding="utf-8").splitlines()}
     return out
+
+
+_LOCKS: dict[Path, threading.Lock] = {}
+
+
+def _synthetic(subset: Path, runs: Path, bt: str, seed: int, args) -> Path:
+    """The reverse (en->de) model of ``seed`` and its ``bt`` translation of the left-out English (made once:
+    cells that need it while another cell makes it wait)."""
+    with _LOCKS.setdefault(runs / f"{bt}-s{seed}", threading.Lock()):
+        return _make_synthetic(subset, runs, bt, seed, args)
+
+
+def _make_synthetic(subset: Path, runs: Path, bt: str, seed: int, args) -> Path:
+    reverse = runs / f"reverse-s{seed}"
+    _train(subset, reverse, [], args, seed, src="en", tgt="de")
+    synth = runs / f"synth-{bt}-s{seed}.de"
+    if not synth.exists():
+        _selfattn("backtranslate", "--checkpoint", str(reverse), "--input", str(subset / "mono.en"),
+                  "--output", str(synth), "--method", bt, "--seed", str(seed), threads=args.threads)
+    return synth
+
+
+def run_cell(subset: Path, runs: Path, method: str, seed: int, args) -> dict:
+    """Train one (method, seed) on a subset (back-translation: after its synthetic corpus); scores, seconds."""
+    flags = METHODS[method]
+    if flags[:1] == ["BT"]:
+        synth = _synthetic(subset, runs, flags[1], args.seeds[0] if args.one_reverse else seed, args)
+        flags = ["--synthetic", str(synth), str(subset / "mono.en"), *flags[2:]]
+    work = runs / f"{method}-s{seed}"
+    seconds = _train(subset, work, flags, args, seed)
+    return {**_score(work, args), "train_seconds": seconds}
+
+
+def tune_baseline(subset: Path, args, pool) -> tuple[str, dict]:
+    """The --grid: each configuration trained with the first seed; the best val BLEU-lc wins."""
+    def one(name: str) -> float:
+        run = subset / "runs" / name / f"baseline-s{args.seeds[0]}"
+        base = args.set
+        cfg = argparse.Namespace(**{**vars(args), "set": base + GRID[name]})
+        _train(subset, run, [], cfg, args.seeds[0])
+        return _score(run, cfg, splits=("val",))["val"]["bleu_lc"]
+
+    scores = dict(zip(args.grid, pool.map(one, args.grid)))
+    return max(scores, key=scores.__getitem__), scores
 
 
 def summarise(cells: dict, refs: dict) -> dict:
@@ -148,23 +215,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subset-seed", type=int, default=1234, help="the subset choice (written into the result)")
     ap.add_argument("--methods", nargs="+", default=["baseline", "bt-beam"], choices=sorted(METHODS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--grid", nargs="+", default=[], choices=sorted(GRID), help="baseline configurations to tune")
     ap.add_argument("--preset", default="small")
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--vocab-size", type=int, default=4000, help="joint SentencePiece pieces (full data: 8000)")
+    ap.add_argument("--average-last", type=int, default=1, help="evaluate the average of the last K checkpoints")
+    ap.add_argument("--jobs", type=int, default=1, help="cells trained at once (threads split between them)")
+    ap.add_argument("--one-reverse", action="store_true", help="one reverse model and synthetic corpus for all seeds")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every train")
     args = ap.parse_args(argv)
     if "baseline" not in args.methods:
         args.methods.insert(0, "baseline")
+    args.threads = max(1, torch.get_num_threads() // args.jobs)
     result = {"machine": machine(), "protocol": vars(args) | {"data": str(args.data), "work": str(args.work)},
               "sizes": {}}
-    for frac in args.fractions:
-        subset = args.work / f"frac{frac:g}"
-        record = make_subset(args.data, subset, fraction=frac, seed=args.subset_seed)
-        refs = {s: (subset / f"{'test2016' if s == 'test' else s}.en").read_text().splitlines()
-                for s in ("test", "val")}
-        cells = {m: {s: run_cell(subset, m, s, args) for s in args.seeds} for m in args.methods}
-        result["sizes"][f"{frac:g}"] = {"pairs": record["pairs"], "subset_seed": args.subset_seed,
-                                        "table": summarise(cells, refs)}
-        atomic_write_json(RESULTS / "low_resource.json", result)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for frac in args.fractions:
+            subset = args.work / f"frac{frac:g}"
+            record = make_subset(args.data, subset, fraction=frac, seed=args.subset_seed)
+            refs = {s: (subset / f"{'test2016' if s == 'test' else s}.en").read_text().splitlines()
+                    for s in ("test", "val")}
+            chosen, grid = tune_baseline(subset, args, pool) if args.grid else ("small", {})
+            cfg = argparse.Namespace(**{**vars(args), "set": args.set + GRID[chosen]})
+            runs = subset / "runs" / chosen
+            # cells that make a synthetic corpus first, then those that need none, then those that wait for one
+            first = {m: args.seeds[0] if args.one_reverse else None for m in args.methods if METHODS[m][:1] == ["BT"]}
+            keys = sorted(((m, s) for m in args.methods for s in args.seeds),
+                          key=lambda ms: 0 if ms[0] in first and first[ms[0]] in (None, ms[1]) else
+                          1 if ms[0] not in first else 2)
+            done = dict(zip(keys, pool.map(lambda ms: run_cell(subset, runs, ms[0], ms[1], cfg), keys)))
+            cells = {m: {s: done[(m, s)] for s in args.seeds} for m in args.methods}
+            result["sizes"][f"{frac:g}"] = {
+                "pairs": record["pairs"], "subset_seed": args.subset_seed, "baseline_config": chosen,
+                "baseline_overrides": GRID[chosen], "grid_val_bleu_lc": grid,
+                "train_seconds": {m: [c[s]["train_seconds"] for s in args.seeds] for m, c in cells.items()},
+                "table": summarise(cells, refs)}
+            atomic_write_json(RESULTS / "low_resource.json", result)
     lines = ["**Low-resource Multi30k de->en** (beam 4; mean ± std over seeds; p: paired bootstrap vs baseline)",
              "", machine_line(result["machine"]), "",
              "| pairs | method | test BLEU-lc | test BLEU | test chrF | p (test) | val BLEU-lc |",
@@ -175,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
             p = "—" if m == "baseline" else f"{r['test_p_value']:.3f}"
             lines.append(f"| {size['pairs']} ({frac}) | {m} | {cell['test_bleu_lc']} | {cell['test_bleu']} | "
                          f"{cell['test_chrf']} | {p} | {cell['val_bleu_lc']} |")
+    for size in result["sizes"].values():
+        grid = ", ".join(f"{k} {v:.2f}" for k, v in size["grid_val_bleu_lc"].items()) or "not run"
+        secs = ", ".join(f"{m} {statistics.median(v):.0f}" for m, v in size["train_seconds"].items())
+        lines += ["", f"{size['pairs']} pairs: baseline `{size['baseline_config']}` "
+                      f"(--set {' '.join(size['baseline_overrides']) or 'nothing'}); grid val BLEU-lc: {grid}; "
+                      f"median training seconds per cell ({args.threads} thread(s), {args.jobs} at once): {secs}"]
     atomic_write_text(RESULTS / "low_resource.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

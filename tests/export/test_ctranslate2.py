@@ -3,10 +3,18 @@
 The reference is CTranslate2's own C++ Transformer fed the exported spec: the same greedy and beam-4 output
 ids as selfattn mean every weight, norm placement, position table and the decoding rules agree. Both rank
 beams by plain log-probability here (alpha = 0); selfattn's GNMT penalty and CTranslate2's ``length_penalty``
-are compared at 0.6 in the benchmark instead.
+are compared at 0.6 in the benchmark instead. Nothing is suppressed on either side: CTranslate2 renormalises
+after removing suppressed ids, selfattn (like Hugging Face and fairseq) does not, and on a model trained for a
+second the banned ids' mass is enough to change which beam survives.
+
+A beam-4 answer that flips when the weights move by 1e-5 of themselves is a near-tie between beams: float32
+rounding decides it, and two engines (or one engine on two CPUs) may rightly disagree. Those sources are
+found by perturbing selfattn's own model and are excused from the equality; every other one must match.
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -14,13 +22,38 @@ import torch
 ctranslate2 = pytest.importorskip("ctranslate2")
 
 from selfattn.export.ctranslate2 import ct2_translate_ids, save_ctranslate2
+from selfattn.generation import beam_search, greedy
 from selfattn.models import build_model, preset
-from selfattn.translation.translate import DecodeConfig, translate_ids
 
 
 def _sources(vocab: int, seed: int = 3):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(4, vocab, (n,), generator=g).tolist() for n in (3, 4, 5, 6, 7, 8)]
+    return [torch.randint(4, vocab, (n,), generator=g).tolist() for n in (3, 4, 5, 6, 7, 8, 5, 6, 7, 8)]
+
+
+def _decode(model, sp, sources, beam):
+    """selfattn's best output ids (no eos) per source, nothing banned, CTranslate2's length cap."""
+    out = []
+    for s in sources:
+        kw = dict(src=[s], max_new_tokens=int(1.5 * len(s)) + 10, bos_id=sp.bos_id, stop_tokens=(sp.eos_id,),
+                  pad_id=sp.pad_id, banned=[])
+        ids = greedy(model, **kw)[0] if beam == 1 else beam_search(model, beam_size=beam, length_alpha=0.0,
+                                                                   **kw)[0][0].tokens
+        out.append(ids[:-1] if ids and ids[-1] == sp.eos_id else ids)
+    return out
+
+
+def _rounding_decides(model, sp, sources, beam, rel=1e-5, tries=3):
+    """Per source: True when selfattn's own answer changes with weights moved by ``rel`` of themselves."""
+    base = _decode(model, sp, sources, beam)
+    flips = [False] * len(sources)
+    for t in range(tries):
+        g, moved = torch.Generator().manual_seed(100 + t), copy.deepcopy(model)
+        with torch.no_grad():
+            for p in moved.parameters():
+                p.mul_(1 + rel * torch.randn(p.shape, generator=g))
+        flips = [f or a != b for f, a, b in zip(flips, base, _decode(moved, sp, sources, beam))]
+    return flips
 
 
 @pytest.mark.parametrize("beam", [1, 4])
@@ -28,9 +61,12 @@ def test_same_translations_as_selfattn_in_float32(tmp_path, sp, translator, beam
     model, cfg = translator
     save_ctranslate2(model, cfg, sp, tmp_path / "ct2")
     sources = _sources(len(sp))
-    ours = [translate_ids(model, [s], sp, DecodeConfig(beam=beam, alpha=0.0))[0][0][0] for s in sources]
-    theirs = ct2_translate_ids(tmp_path / "ct2", sources, sp, beam=beam, alpha=0.0, batch_size=1, threads=1)
-    assert theirs == ours
+    ours = _decode(model, sp, sources, beam)
+    theirs = ct2_translate_ids(tmp_path / "ct2", sources, sp, beam=beam, alpha=0.0, batch_size=1, threads=1,
+                               suppress=())
+    tie = _rounding_decides(model, sp, sources, beam)
+    assert sum(tie) <= 3, f"{sum(tie)} of {len(sources)} sources are near-ties: the comparison says too little"
+    assert [t for t, x in zip(theirs, tie) if not x] == [o for o, x in zip(ours, tie) if not x]
     assert len({len(o) for o in ours}) > 1  # outputs stop with eos at different lengths: a real comparison
 
 

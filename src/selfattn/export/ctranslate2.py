@@ -142,14 +142,19 @@ def save_ctranslate2(model: nn.Module, cfg: ModelConfig, subword: Subword, out: 
 def ct2_translate_ids(model_dir: str | Path, sources: Sequence[Sequence[int]], subword: Subword, *,
                       beam: int = 4, alpha: float = 0.0, max_len_a: float = 1.5, max_len_b: int = 10,
                       compute_type: str = "default", threads: int = 2, batch_size: int = 32,
-                      translator=None) -> list[list[int]]:
-    """Best output ids (no eos) per source with a CTranslate2 model; pad and bos are never generated,
-    the length cap is selfattn's ``max_len_a * m + max_len_b`` tokens (eos included)."""
+                      translator=None, suppress: Sequence[int] | None = None) -> list[list[int]]:
+    """Best output ids (no eos) per source with a CTranslate2 model; the ids in ``suppress`` (default pad and
+    bos) are never generated, the length cap is selfattn's ``max_len_a * m + max_len_b`` tokens (eos included).
+
+    CTranslate2 disables suppressed ids *before* its log-softmax (the rest renormalise); selfattn, Hugging Face and
+    fairseq set them to -inf after it. Scores then differ by the banned ids' mass, which a trained model makes
+    negligible but an undertrained one need not; ``suppress=()`` compares the plain model distributions."""
     import ctranslate2
 
     tr = translator or ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type,
                                               inter_threads=1, intra_threads=threads)
     pieces = [[subword.sp.id_to_piece(int(i)) for i in s] for s in sources]
+    banned = (subword.pad_id, subword.bos_id) if suppress is None else suppress
     out: list[list[int]] = []
     for start in range(0, len(pieces), batch_size):
         chunk = pieces[start : start + batch_size]
@@ -157,7 +162,7 @@ def ct2_translate_ids(model_dir: str | Path, sources: Sequence[Sequence[int]], s
         res = tr.translate_batch(
             chunk, beam_size=beam, length_penalty=alpha, max_batch_size=batch_size,
             max_decoding_length=int(max_len_a * longest) + max_len_b,
-            suppress_sequences=[[subword.sp.id_to_piece(subword.pad_id)], [subword.sp.id_to_piece(subword.bos_id)]],
+            suppress_sequences=[[subword.sp.id_to_piece(int(t))] for t in banned] or None,
         )
         out += [[subword.sp.piece_to_id(t) for t in r.hypotheses[0]] for r in res]
     return out

@@ -58,6 +58,7 @@ METHODS = {
     "bt-beam": ["BT", "beam"],
     "bt-sample": ["BT", "sample"],
     "bt-beam-all": ["BT", "beam", "--synthetic-ratio", "0"],  # every left-out sentence, not 1:1
+    "bt-topk": ["BT", "topk"],  # top-10 sampling (Edunov et al. 2018), 1:1 with the real pairs
     "bt-topk-all": ["BT", "topk", "--synthetic-ratio", "0"],  # top-10 sampling (Edunov et al. 2018), all of it
     "bt-beam-all+subword-both": ["BT", "beam", "--synthetic-ratio", "0", "--subword-alpha", "0.1",
                                  "--subword-side", "both"],
@@ -137,11 +138,13 @@ def _score(run: Path, args, splits=("test", "val")) -> dict:
     """Beam-4 hypotheses and sacreBLEU scores of a trained run on each split."""
     out = {}
     for split in splits:
-        hyp = run / f"{split}.hyp"
-        line = _selfattn("evaluate", "--checkpoint", str(run), "--split", split, "--beam", "4",
-                         "--average-last", str(args.average_last), "--hyp-out", str(hyp),
-                         threads=args.threads).strip().splitlines()[-1]
-        out[split] = {**json.loads(line), "hyps": hyp.read_text(encoding="utf-8").splitlines()}
+        hyp, scores = run / f"{split}.hyp", run / f"{split}-avg{args.average_last}.json"
+        if not scores.exists():  # scored before: a re-run of the protocol reuses it
+            line = _selfattn("evaluate", "--checkpoint", str(run), "--split", split, "--beam", "4",
+                             "--average-last", str(args.average_last), "--hyp-out", str(hyp),
+                             threads=args.threads).strip().splitlines()[-1]
+            atomic_write_text(scores, line + "\n")
+        out[split] = {**json.loads(scores.read_text()), "hyps": hyp.read_text(encoding="utf-8").splitlines()}
     return out
 
 

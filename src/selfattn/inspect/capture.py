@@ -87,7 +87,7 @@ def available_kinds(model: nn.Module) -> list[str]:
 
 def check_softmax(mods: list[MultiHeadAttention], layers: list[int], kind: str) -> None:
     """Linear attention (Katharopoulos et al., 2020) forms no weight map: refuse rather than invent one."""
-    linear = [i for i in layers if kind != "cross" and getattr(mods[i], "attention_type", "softmax") == "linear"]
+    linear = [i for i in layers if kind != "cross" and mods[i].kernel == "linear"]
     if linear:
         raise ValueError(f"{kind} layers {linear} use linear attention, which forms no attention weights; "
                          "only softmax attention layers can be captured")

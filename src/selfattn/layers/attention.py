@@ -16,6 +16,8 @@ from ..attention import attention
 from ..attention.linear import linear_attention
 from ..positional import RotaryEmbedding, alibi_slopes
 
+KERNELS = ("softmax", "linear")  # MultiHeadAttention(kernel=): how self-attention scores become weights
+
 
 @dataclass
 class KVCache:
@@ -64,8 +66,10 @@ class MultiHeadAttention(nn.Module):
         alibi: add ALiBi's per-head linear distance penalty (self-attention only).
         window: (left, right) sliding window in key positions, or None for full attention.
         backend: attention backend name for :func:`selfattn.attention` ("auto" picks).
-        attention_type: "softmax" (exact, through ``backend``) or "linear" for self-attention
-            (Katharopoulos et al., 2020; O(N), approximate, see :mod:`selfattn.attention.linear`).
+        kernel: how self-attention scores become weights: "softmax" (exact, through ``backend``) or
+            "linear" (Katharopoulos et al., 2020; O(N), approximate, see :mod:`selfattn.attention.linear`).
+            Not to be confused with ``ModelConfig.attention_type`` ("full" | "sliding" | "linear"),
+            which picks the window as well and maps onto ``kernel`` and ``window``.
 
     ``observer``: optional callable, called as ``observer(self, q, k, mask=, causal=, window=,
     alibi_slopes=)`` right before each :func:`selfattn.attention` call with exactly what it gets
@@ -78,7 +82,7 @@ class MultiHeadAttention(nn.Module):
         self, d_model: int, num_heads: int, num_kv_heads: int | None = None, *, bias: bool = True,
         dropout: float = 0.0, kv_dim: int | None = None, rope: bool = False, alibi: bool = False,
         window: tuple[int | None, int | None] | None = None, backend: str = "auto",
-        attention_type: str = "softmax",
+        kernel: str = "softmax",
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -91,10 +95,10 @@ class MultiHeadAttention(nn.Module):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = d_model // num_heads
         self.dropout, self.window, self.backend = dropout, window, backend
-        if attention_type not in ("softmax", "linear"):
-            raise ValueError(f"attention_type must be 'softmax' or 'linear', got {attention_type!r}")
-        self.attention_type = attention_type
-        if attention_type == "linear" and (alibi or window is not None):
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        self.kernel = kernel
+        if kernel == "linear" and (alibi or window is not None):
             raise ValueError("linear attention has no scores to add ALiBi to or to window; "
                              f"got alibi={alibi}, window={window}")
         kv_dim = d_model if kv_dim is None else kv_dim
@@ -166,7 +170,7 @@ class MultiHeadAttention(nn.Module):
             self.observer(self, q, k, mask=mask, causal=causal and context is None,
                           window=self.window if context is None else None,
                           alibi_slopes=self.alibi_slopes if context is None else None)
-        if self.attention_type == "linear" and context is None:
+        if self.kernel == "linear" and context is None:
             if need_weights:
                 raise ValueError("linear attention forms no weights; need_weights must be False")
             out = linear_attention(q, k, v, mask=mask, causal=causal)  # (b, h, n, d)

@@ -37,14 +37,14 @@ class LayerSpec:
     alibi: bool
     window: tuple[int | None, int | None] | None
     backend: str
-    attention_type: str = "softmax"  # self-attention: "softmax" (exact) or "linear" (O(N))
+    kernel: str = "softmax"  # self-attention: "softmax" (exact) or "linear" (O(N)); see MultiHeadAttention
 
 
 def _self_attention(s: LayerSpec) -> MultiHeadAttention:
     return MultiHeadAttention(
         s.d_model, s.num_heads, s.num_kv_heads, bias=s.bias, dropout=s.attention_dropout,
         rope=s.rope, alibi=s.alibi, window=s.window, backend=s.backend,
-        attention_type=s.attention_type,
+        kernel=s.kernel,
     )
 
 

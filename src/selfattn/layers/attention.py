@@ -124,13 +124,14 @@ class MultiHeadAttention(nn.Module):
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
-        causal: bool = False, bias: Tensor | None = None, cache: KVCache | None = None,
+        causal: bool = False, score_bias: Tensor | None = None, cache: KVCache | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from x (b, n, c) to itself, or to ``context`` (b, m, kv_dim) for cross-attention.
 
         mask: boolean True = may attend, broadcastable to (b, h, n, m), e.g. a key-padding mask
-        shaped (b, 1, 1, m). bias: additive float bias (T5 relative positions).
+        shaped (b, 1, 1, m). score_bias: additive float bias on the scores (T5 relative
+        positions), broadcastable to (b, h, n, m) — not the projections' ``bias`` flag of ``__init__``.
         Returns (out (b, n, c), weights (b, h, n, m) or None).
         """
         c_in = self.q_proj.in_features
@@ -162,10 +163,10 @@ class MultiHeadAttention(nn.Module):
                 q, k = self.rope(q, offset), self.rope(k, offset)
             if cache is not None:
                 k, v = cache.append(k, v)  # (b, g, t, d)
-        if bias is not None:
+        if score_bias is not None:
             if mask is not None:  # fold a boolean mask into the additive bias
-                bias = bias.masked_fill(~mask, float("-inf"))
-            mask = bias
+                score_bias = score_bias.masked_fill(~mask, float("-inf"))
+            mask = score_bias
         if self.observer is not None:  # selfattn.inspect: sees q, k and every mask attention() sees
             self.observer(self, q, k, mask=mask, causal=causal and context is None,
                           window=self.window if context is None else None,

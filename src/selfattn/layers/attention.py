@@ -134,6 +134,7 @@ class MultiHeadAttention(nn.Module):
         positions), broadcastable to (b, h, n, m) — not the projections' ``bias`` flag of ``__init__``.
         Returns (out (b, n, c), weights (b, h, n, m) or None).
         """
+        is_self = context is None  # decided once: cross-attention (to `context`) has no causal, window or ALiBi
         c_in = self.q_proj.in_features
         if x.dim() != 3 or x.shape[-1] != c_in:
             raise ValueError(f"x must be (batch, length, d_model={c_in}), got shape {tuple(x.shape)}")
@@ -146,7 +147,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"the KV cache holds batch size {cache.k.shape[0]}, got input of batch size {b} "
                              "(use a new cache, or cache.reorder for beam search)")
         q = self._split(self.q_proj(x), self.num_heads)  # (b, h, n, d)
-        if context is not None:  # cross-attention: keys/values from the source, computed once
+        if context is not None:  # (not is_self, spelled so for the type checker) keys/values from the source, once
             if cache is not None and cache.k is not None:
                 if cache.v is None:  # k and v are always set together
                     raise ValueError("KVCache holds keys but no values")
@@ -168,20 +169,20 @@ class MultiHeadAttention(nn.Module):
                 score_bias = score_bias.masked_fill(~mask, float("-inf"))
             mask = score_bias
         if self.observer is not None:  # selfattn.inspect: sees q, k and every mask attention() sees
-            self.observer(self, q, k, mask=mask, causal=causal and context is None,
-                          window=self.window if context is None else None,
-                          alibi_slopes=self.alibi_slopes if context is None else None)
-        if self.kernel == "linear" and context is None:
+            self.observer(self, q, k, mask=mask, causal=causal and is_self,
+                          window=self.window if is_self else None,
+                          alibi_slopes=self.alibi_slopes if is_self else None)
+        if self.kernel == "linear" and is_self:
             if need_weights:
                 raise ValueError("linear attention forms no weights; need_weights must be False")
             out = linear_attention(q, k, v, mask=mask, causal=causal)  # (b, h, n, d)
             out = out.transpose(1, 2).reshape(b, n, c)  # (b, n, c)
             return self.out_proj(out), None
         result = attention(
-            q, k, v, mask=mask, causal=causal and context is None,
+            q, k, v, mask=mask, causal=causal and is_self,
             dropout_p=self.dropout if self.training else 0.0,
-            window=self.window if context is None else None,
-            alibi_slopes=self.alibi_slopes if context is None else None,
+            window=self.window if is_self else None,
+            alibi_slopes=self.alibi_slopes if is_self else None,
             backend=self.backend, return_weights=need_weights,
         )
         out, weights = result if need_weights else (result, None)

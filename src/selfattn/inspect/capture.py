@@ -29,6 +29,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from ..attention.spec import window_allows, window_sides
 from ..layers.attention import MultiHeadAttention
 
 KINDS = ("encoder", "decoder", "cross")
@@ -141,17 +142,7 @@ def _block_scores(q: Tensor, k: Tensor, mask: Tensor | None, keys: slice, pos: T
         bias = ab if bias is None else bias + ab
     if bias is not None:
         s = s + bias.to(stat)
-    structural = None
-    if causal:
-        structural = delta <= 0
-    if window is not None:
-        left, right = window
-        w = torch.ones_like(delta, dtype=torch.bool)
-        if left is not None:
-            w &= delta >= -left
-        if right is not None:
-            w &= delta <= right
-        structural = w if structural is None else structural & w
+    structural = window_allows(delta, *window_sides(causal, window))  # (r_blk, c) or None
     if structural is not None:
         allowed = structural if allowed is None else allowed & structural
     return s if allowed is None else s.masked_fill(~allowed, float("-inf"))

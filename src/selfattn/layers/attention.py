@@ -122,6 +122,20 @@ class MultiHeadAttention(nn.Module):
         v = self._split(self.v_proj(context), self.num_kv_heads)  # (b, g, m, d)
         return k, v
 
+    def _check_inputs(self, x: Tensor, context: Tensor | None, cache: KVCache | None) -> None:
+        """Shapes of forward's x, context and cache, as one-line ValueErrors."""
+        c_in = self.q_proj.in_features
+        if x.dim() != 3 or x.shape[-1] != c_in:
+            raise ValueError(f"x must be (batch, length, d_model={c_in}), got shape {tuple(x.shape)}")
+        if context is not None and (context.dim() != 3 or context.shape[0] != x.shape[0]
+                                    or context.shape[-1] != self.k_proj.in_features):
+            raise ValueError(f"context must be (batch={x.shape[0]}, length, {self.k_proj.in_features}), "
+                             f"got shape {tuple(context.shape)}")
+        b = x.shape[0]
+        if cache is not None and cache.k is not None and cache.k.shape[0] != b:
+            raise ValueError(f"the KV cache holds batch size {cache.k.shape[0]}, got input of batch size {b} "
+                             "(use a new cache, or cache.reorder for beam search)")
+
     def forward(
         self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
         causal: bool = False, score_bias: Tensor | None = None, cache: KVCache | None = None,
@@ -135,17 +149,8 @@ class MultiHeadAttention(nn.Module):
         Returns (out (b, n, c), weights (b, h, n, m) or None).
         """
         is_self = context is None  # decided once: cross-attention (to `context`) has no causal, window or ALiBi
-        c_in = self.q_proj.in_features
-        if x.dim() != 3 or x.shape[-1] != c_in:
-            raise ValueError(f"x must be (batch, length, d_model={c_in}), got shape {tuple(x.shape)}")
-        if context is not None and (context.dim() != 3 or context.shape[0] != x.shape[0]
-                                    or context.shape[-1] != self.k_proj.in_features):
-            raise ValueError(f"context must be (batch={x.shape[0]}, length, {self.k_proj.in_features}), "
-                             f"got shape {tuple(context.shape)}")
+        self._check_inputs(x, context, cache)
         b, n, c = x.shape
-        if cache is not None and cache.k is not None and cache.k.shape[0] != b:
-            raise ValueError(f"the KV cache holds batch size {cache.k.shape[0]}, got input of batch size {b} "
-                             "(use a new cache, or cache.reorder for beam search)")
         q = self._split(self.q_proj(x), self.num_heads)  # (b, h, n, d)
         if context is not None:  # (not is_self, spelled so for the type checker) keys/values from the source, once
             if cache is not None and cache.k is not None:

@@ -110,3 +110,11 @@ def test_bfloat16_on_cpu_runs_sdpa_in_float32():
     assert q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad).all()
     f32 = selfattn.explain_backend(*(t.float() for t in (q, k, v)))
     assert "only for bfloat16/float16" in f32.reasons["torch_f32"]
+
+
+def test_each_backend_lives_in_a_module_named_after_it():
+    # a maintainer looking for backend "torch_f32" opens attention/torch_f32.py (it once lived in flash_bf16.py)
+    family = {"math": "math_backend", "torch": "torch_backend", "triton": "triton_backend",
+              "cpu_bf16": "cpu_fused", "cpu_f32": "cpu_fused"}
+    for name, backend in selfattn.BACKENDS.items():
+        assert backend.fn.__module__ == f"selfattn.attention.{family.get(name, name)}", name

@@ -61,7 +61,7 @@ def test_gradient_and_errors():
 
 def test_layer_and_model_select_linear_attention():
     torch.manual_seed(0)
-    mha = MultiHeadAttention(16, 4, attention_type="linear").double()
+    mha = MultiHeadAttention(16, 4, kernel="linear").double()
     x = torch.randn(2, 7, 16, dtype=torch.float64)
     y, _ = mha(x, causal=True)
     q = mha.q_proj(x).view(2, 7, 4, 4).transpose(1, 2)  # (b, h, n, d)
@@ -69,11 +69,12 @@ def test_layer_and_model_select_linear_attention():
     v = mha.v_proj(x).view(2, 7, 4, 4).transpose(1, 2)
     want = mha.out_proj(quadratic(q, k, v, causal=True).transpose(1, 2).reshape(2, 7, 16))
     torch.testing.assert_close(y, want, atol=1e-12, rtol=1e-12)
-    with pytest.raises(ValueError, match="attention_type"):
-        MultiHeadAttention(16, 4, attention_type="bogus")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        MultiHeadAttention(16, 4, kernel="bogus")
     cfg = selfattn.preset("tiny").replace(attention_type="linear")
     model = selfattn.build_model(cfg)
-    kinds = {mod.attention_type for mod in model.modules() if isinstance(mod, MultiHeadAttention)}
-    assert "linear" in kinds
+    kernels = {name: mod.kernel for name, mod in model.named_modules() if isinstance(mod, MultiHeadAttention)}
+    assert {k for n, k in kernels.items() if "self_attn" in n} == {"linear"}
+    assert {k for n, k in kernels.items() if "cross_attn" in n} == {"softmax"}  # cross-attention stays exact
     with pytest.raises(ValueError, match="attention_type"):
         selfattn.preset("tiny").replace(attention_type="nope")

@@ -82,6 +82,39 @@ def test_mha_causal_equals_nn_with_float_mask():
     torch.testing.assert_close(out, ref, **TOL)
 
 
+def test_mha_score_bias_and_mask_equal_nn_with_per_head_float_mask():
+    # score_bias (T5's relative bias) is added to the scores per head, a boolean mask still forbids;
+    # torch takes the same bias as a (b*h, n, m) float attn_mask beside its key_padding_mask
+    torch.manual_seed(2)
+    theirs = nn.MultiheadAttention(D, H, batch_first=True, dtype=torch.float64).eval()
+    ours = selfattn.MultiHeadAttention(D, H).double().eval()
+    copy_mha_from_torch(ours, theirs)
+    x = torch.randn(2, 7, D, dtype=torch.float64)
+    score_bias = torch.randn(1, H, 7, 7, dtype=torch.float64)
+    pad = padding(n=7, cut=2)
+    ref, _ = theirs(x, x, x, attn_mask=score_bias.expand(2, H, 7, 7).reshape(2 * H, 7, 7),  # (b*h, n, m)
+                    key_padding_mask=to_torch_mask(pad), need_weights=False)
+    out, _ = ours(x, mask=key_mask(pad), score_bias=score_bias)
+    torch.testing.assert_close(out, ref, **TOL)
+    unbiased, _ = ours(x, mask=key_mask(pad))
+    assert not torch.allclose(out, unbiased)  # the bias does reach the scores
+
+
+def test_cross_attention_ignores_the_self_attention_only_options():
+    # causal, window and ALiBi describe positions within one sequence: cross-attention (context given)
+    # drops them, so a layer built with all three still equals plain nn.MultiheadAttention across sequences
+    torch.manual_seed(3)
+    theirs = nn.MultiheadAttention(D, H, batch_first=True, dtype=torch.float64).eval()
+    ours = selfattn.MultiHeadAttention(D, H, alibi=True, window=(1, 0)).double().eval()
+    copy_mha_from_torch(ours, theirs)
+    x, ctx = torch.randn(2, 5, D, dtype=torch.float64), torch.randn(2, 8, D, dtype=torch.float64)
+    ref, _ = theirs(x, ctx, ctx, need_weights=False)
+    out, _ = ours(x, ctx, causal=True)
+    torch.testing.assert_close(out, ref, **TOL)
+    self_out, _ = ours(x, causal=True)  # self-attention does use them: differs from unmasked nn
+    assert not torch.allclose(self_out, theirs(x, x, x, need_weights=False)[0])
+
+
 def _cfg(**kw) -> ModelConfig:
     return ModelConfig(d_model=D, num_heads=H, d_ff=FF, num_encoder_layers=2, num_decoder_layers=2,
                        dropout=0.0, vocab_size=11, **kw)

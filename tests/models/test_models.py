@@ -140,6 +140,26 @@ def test_preset_and_roundtrip():
         ModelConfig.from_dict({"d_modle": 3})
 
 
+@pytest.mark.parametrize("attention_type,kernel,window", [
+    ("full", "softmax", None), ("sliding", "softmax", (3, 3)), ("linear", "linear", None),
+])
+def test_config_json_attention_type_maps_onto_layer_kernel(tmp_path, attention_type, kernel, window):
+    """An old config.json spells attention_type as ever ("full" | "sliding" | "linear"); the layers
+    get a window and a kernel ("softmax" | "linear") instead, so no word means two things."""
+    import json
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"kind": "encoder", "vocab_size": 20, "d_model": 16, "num_heads": 2, "d_ff": 32,
+                                "num_encoder_layers": 1, "num_decoder_layers": 0,
+                                "attention_type": attention_type, "window": 3}))
+    cfg = ModelConfig.from_dict(json.loads(path.read_text()))
+    assert cfg.attention_type == attention_type and cfg.to_dict()["attention_type"] == attention_type
+    spec = cfg.layer_spec(decoder=False)
+    assert (spec.kernel, spec.window) == (kernel, window)
+    attn = selfattn.build_model(cfg).encoder.layers[0].self_attn
+    assert (attn.kernel, attn.window) == (kernel, window)
+    assert not hasattr(attn, "attention_type")
+
+
 def test_token_and_mask_errors():
     model = selfattn.build_model(preset("tiny"))
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 32\)"):

@@ -95,6 +95,23 @@ def test_average_checkpoints_is_the_elementwise_mean(tmp_path):
         average_checkpoints([])
 
 
+def test_average_checkpoints_reads_each_checkpoint_once(tmp_path, monkeypatch):
+    import selfattn.training.checkpoint as ckpt_io
+
+    task = PoolTask()
+    paths = [save_checkpoint(tmp_path, s, tiny_model(task, seed=s)) for s in range(3)]
+    reads: list[Path] = []
+    real = ckpt_io.load_tensors
+
+    def counting(path, *args, **kwargs):
+        reads.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_io, "load_tensors", counting)
+    average_checkpoints(paths)
+    assert reads == [Path(p) / "model.safetensors" for p in paths]  # once each, in order (not once per tensor)
+
+
 def test_loading_a_mismatched_or_missing_checkpoint_is_a_clear_error(tmp_path):
     task = PoolTask()
     path = save_checkpoint(tmp_path, 1, tiny_model(task))

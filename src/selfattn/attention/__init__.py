@@ -15,7 +15,6 @@ from .cpu_fused import (
     cpu_f32_supports,
 )
 from .flash import flash_attention, flash_auto_declines, flash_supports
-from .flash_bf16 import torch_f32_attention, torch_f32_auto_declines, torch_f32_supports
 from .math_backend import math_attention, math_supports
 from .registry import (
     BACKENDS,
@@ -29,6 +28,7 @@ from .registry import (
 )
 from .spec import AttentionCall, alibi_bias, structural_mask
 from .torch_backend import torch_attention, torch_supports
+from .torch_f32 import torch_f32_attention, torch_f32_auto_declines, torch_f32_supports
 from .triton_backend import triton_attention, triton_supports
 
 register_backend("math", math_attention, math_supports, priority=0,

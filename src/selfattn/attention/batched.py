@@ -17,7 +17,7 @@ keeps only the float32 weights), rather than autograd through masked_fill/amax/e
     forward   s = q kᵀ·scale + bias,  p = softmax(s) (dead rows 0),  o = p v
     backward  dv = pᵀ do,  dp = do vᵀ,  ds = p ⊙ (dp − rowsum(p ⊙ dp)),  dq = ds k·scale,  dk = dsᵀ q·scale
 
-On a CPU without bf16 units (AVX2 only) bf16 matmuls are slow (see ``flash_bf16.py``), so there bf16/fp16
+On a CPU without bf16 units (AVX2 only) bf16 matmuls are slow (see ``torch_f32.py``), so there bf16/fp16
 inputs are multiplied in float32 and the output rounded back; with AVX-512 BF16 or AMX they stay bf16.
 """
 

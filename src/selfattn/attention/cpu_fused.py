@@ -27,11 +27,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu_kernel
-from .flash import _sides
 from .kernel_abi import Kernel
 from .math_backend import math_attention
 from .registry import BackendUnavailable
-from .spec import AttentionCall, all_finite, empty_result, is_empty, key_padding_kernel_declines, key_padding_rows
+from .spec import (
+    AttentionCall,
+    all_finite,
+    empty_result,
+    is_empty,
+    key_padding_kernel_declines,
+    key_padding_rows,
+    window_sides,
+)
 
 _UNLIMITED = 1 << 40  # a window side of None
 _LOG2E = 1.4426950408889634
@@ -97,7 +104,7 @@ def _padding_bytes(kpm: Tensor | None, m: int, m_pad: int, kb: int) -> tuple[Ten
 
 
 def _window_sides(causal: bool, window: tuple[int | None, int | None] | None) -> tuple[int, int]:
-    left, right = _sides(causal, window)
+    left, right = window_sides(causal, window)
     return (_UNLIMITED if left is None else left), (_UNLIMITED if right is None else right)
 
 
@@ -233,7 +240,7 @@ def _attention(name: str, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, 
     if not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
         # eager and no gradient: the same C forward without the operator's dispatch (measured ~30-45 us a call)
         return cpu_fused_forward(q, k, v, kpm, slopes, scale, bool(causal), window)[0], None
-    left, right = _sides(bool(causal), window)
+    left, right = window_sides(bool(causal), window)
     out, _ = cpu_fused_fwd_op(q, k, v, kpm, slopes, scale, -1 if left is None else left, -1 if right is None else right)
     return out, None
 

@@ -9,7 +9,7 @@ memory is O(N·d·e / chunk + chunk²) and never N x N.
 
 This is NOT exact softmax attention (it is a different model, with a lower accuracy on tasks
 that need sharp attention); it is not a registry backend and "auto" never picks it. Select it per
-layer with ``MultiHeadAttention(attention_type="linear")`` or ``ModelConfig(attention_type="linear")``.
+layer with ``MultiHeadAttention(kernel="linear")`` or ``ModelConfig(attention_type="linear")``.
 
 Legend: b batch, h query heads, g kv heads, n queries, m keys, d q/k head dim, e v head dim,
 c chunk length. Mask: boolean True = may attend; only key-padding masks (b|1, 1, 1, m) apply.

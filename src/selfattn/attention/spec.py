@@ -253,16 +253,33 @@ def _build_structural_mask(n: int, m: int, causal: bool, window: tuple[int | Non
                            device: torch.device | str) -> Tensor:
     pos = torch.arange(n, device=device).unsqueeze(1) + (m - n)  # (n, 1)
     j = torch.arange(m, device=device).unsqueeze(0)  # (1, m)
-    allowed = torch.ones(n, m, dtype=torch.bool, device=device)
+    allowed = window_allows(j - pos, *window_sides(causal, window))  # (n, m)
+    return torch.ones(n, m, dtype=torch.bool, device=device) if allowed is None else allowed
+
+
+# The window rule, stated once. A query sits at key position ``pos = i + (m - n)`` (bottom-right
+# aligned); it may attend key j when ``pos - left <= j <= pos + right``; causal is right = 0.
+# Every Python path uses these two helpers (the Triton and C kernels state the same rule in their
+# own language, on the (left, right) that window_sides returns).
+def window_sides(causal: bool, window: tuple[int | None, int | None] | None) -> tuple[int | None, int | None]:
+    """(left, right) keys around each query's key position that it may attend; None = unlimited.
+
+    ``causal`` caps ``right`` at 0 (a window reaching further right is cut, one reaching less stays).
+    """
+    left, right = window if window is not None else (None, None)
     if causal:
-        allowed &= j <= pos
-    if window is not None:
-        left, right = window
-        if left is not None:
-            allowed &= j >= pos - left
-        if right is not None:
-            allowed &= j <= pos + right
-    return allowed
+        right = 0 if right is None else min(right, 0)
+    return left, right
+
+
+def window_allows(delta: Tensor, left: int | None, right: int | None) -> Tensor | None:
+    """Boolean like ``delta``, True = may attend, for ``delta = j - pos`` (key minus query key position).
+
+    None when both sides are unlimited (every key allowed), so callers skip the mask entirely.
+    """
+    if left is None:
+        return None if right is None else delta <= right
+    return delta >= -left if right is None else (delta >= -left) & (delta <= right)
 
 
 def alibi_bias(slopes: Tensor, n: int, m: int, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -28,7 +28,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from .spec import AttentionCall, key_padding_kernel_declines
+from .spec import AttentionCall, key_padding_kernel_declines, window_sides
 
 _KERNELS = "selfattn.attention.triton_kernels"
 LOG2E = 1.4426950408889634  # scores are handled in log2 units, exp2 is the fast path
@@ -78,14 +78,6 @@ def tile_config(d: int, e: int, *, backward: bool, interpret: bool) -> TileConfi
     if wide <= 128:
         return TileConfig(128, 64, 8, 3)
     return TileConfig(64, 32, 8, 2)
-
-
-def _bounds(causal: bool, window: tuple[int | None, int | None] | None) -> tuple[int | None, int | None]:
-    """(left, right) limits around each query's key position; causal is right = 0."""
-    left, right = window if window is not None else (None, None)
-    if causal:
-        right = 0 if right is None else min(right, 0)
-    return left, right
 
 
 def _pad_rows(mask: Tensor | None, b: int, m: int, device: torch.device | str) -> tuple[Tensor, int]:
@@ -198,7 +190,7 @@ def triton_attention(
     scale = d**-0.5 if scale is None else float(scale)
     if n == 0 or m == 0:  # no queries, or no keys: every row attends nothing -> 0
         return q.new_zeros(b, h, n, e) + 0 * (q.sum() + k.sum() + v.sum()), None
-    left, right = _bounds(causal, window)
+    left, right = window_sides(causal, window)
     pad, spb = _pad_rows(mask, b, m, q.device)
     q, k, v = _last_unit(q), _last_unit(k), _last_unit(v)
     out = cast(Tensor, _TritonAttention.apply(  # type: ignore[no-untyped-call]

@@ -29,6 +29,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from ..attention.spec import window_allows, window_sides
 from ..layers.attention import MultiHeadAttention
 
 KINDS = ("encoder", "decoder", "cross")
@@ -87,7 +88,7 @@ def available_kinds(model: nn.Module) -> list[str]:
 
 def check_softmax(mods: list[MultiHeadAttention], layers: list[int], kind: str) -> None:
     """Linear attention (Katharopoulos et al., 2020) forms no weight map: refuse rather than invent one."""
-    linear = [i for i in layers if kind != "cross" and getattr(mods[i], "attention_type", "softmax") == "linear"]
+    linear = [i for i in layers if kind != "cross" and mods[i].kernel == "linear"]
     if linear:
         raise ValueError(f"{kind} layers {linear} use linear attention, which forms no attention weights; "
                          "only softmax attention layers can be captured")
@@ -141,17 +142,7 @@ def _block_scores(q: Tensor, k: Tensor, mask: Tensor | None, keys: slice, pos: T
         bias = ab if bias is None else bias + ab
     if bias is not None:
         s = s + bias.to(stat)
-    structural = None
-    if causal:
-        structural = delta <= 0
-    if window is not None:
-        left, right = window
-        w = torch.ones_like(delta, dtype=torch.bool)
-        if left is not None:
-            w &= delta >= -left
-        if right is not None:
-            w &= delta <= right
-        structural = w if structural is None else structural & w
+    structural = window_allows(delta, *window_sides(causal, window))  # (r_blk, c) or None
     if structural is not None:
         allowed = structural if allowed is None else allowed & structural
     return s if allowed is None else s.masked_fill(~allowed, float("-inf"))
@@ -209,6 +200,48 @@ def _run(model: nn.Module, inputs: Any, kind: str) -> None:
         raise ValueError(f"inputs must be a tensor, a tuple of model arguments or a dict, got {type(inputs).__name__}")
 
 
+class _Recorder:
+    """What :func:`capture_attention` keeps: one observer per wanted layer writes its heads' rows into ``out``."""
+
+    def __init__(self, want: list[int], heads: int | Iterable[int] | None, rows: int | Iterable[int] | None,
+                 block: int):
+        self.want, self.want_heads, self.want_rows, self.block = want, heads, rows, block
+        self.seen: set[int] = set()
+        self.out: Tensor | None = None  # (b, L, h, r, m), allocated at the first observed layer
+        self.heads: list[int] = []
+        self.rows: list[int] = []
+        self.n = self.m = 0
+
+    def observer(self, li: int):
+        def observe(mod, q, k, *, mask, causal, window, alibi_slopes):
+            self.record(li, q, k, mask=mask, causal=causal, window=window, alibi_slopes=alibi_slopes)
+        return observe
+
+    def record(self, li: int, q: Tensor, k: Tensor, *, mask: Tensor | None, causal: bool, window,
+               alibi_slopes: Tensor | None) -> None:
+        """Layer ``li``'s attention: q (b, H, n, d), k (b, g, m, d) after RoPE, with its masks."""
+        if li in self.seen:
+            raise ValueError("capture_attention needs one full forward (no decoding cache); "
+                             f"layer {li} attention ran twice")
+        b, nh, n, _ = q.shape
+        hs = _indices("heads", self.want_heads, nh)
+        rs = _indices("rows", self.want_rows, n)
+        h_t = torch.tensor(hs, device=q.device)
+        r_t = torch.tensor(rs, device=q.device)
+        if self.out is None:
+            stat = torch.float64 if q.dtype == torch.float64 else torch.float32
+            self.out = torch.zeros(b, len(self.want), len(hs), len(rs), k.shape[2], dtype=stat, device=q.device)
+            self.heads, self.rows, self.n, self.m = hs, rs, n, k.shape[2]
+        q_sel = q.detach().index_select(1, h_t).index_select(2, r_t)  # (b, h, r, d)
+        k_sel = k.detach().index_select(1, h_t // (nh // k.shape[1]))  # (b, h, m, d): GQA kv head
+        slopes = alibi_slopes.index_select(0, h_t) if alibi_slopes is not None else None
+        blockwise_weights(q_sel, k_sel, rows=rs, n=n, mask=_slice_mask(mask, h_t, r_t), causal=causal,
+                          window=window, slopes=slopes, block=self.block, out=self.out[:, self.want.index(li)])
+        self.seen.add(li)
+        if len(self.seen) == len(self.want):
+            raise _StopForward
+
+
 def capture_attention(model: nn.Module, inputs: Any, *, kind: str | None = None,
                       layers: int | Iterable[int] | None = None, heads: int | Iterable[int] | None = None,
                       rows: int | Iterable[int] | None = None, block: int = 1024) -> AttentionCapture:
@@ -232,37 +265,12 @@ def capture_attention(model: nn.Module, inputs: Any, *, kind: str | None = None,
     mods = attention_modules(model, kind)
     want = _indices("layers", layers, len(mods))
     check_softmax(mods, want, kind)
-    state: dict[str, Any] = {"seen": set(), "out": None}
-
-    def observer_for(li: int):
-        def observe(mod, q, k, *, mask, causal, window, alibi_slopes):
-            if li in state["seen"]:
-                raise ValueError("capture_attention needs one full forward (no decoding cache); "
-                                 f"layer {li} attention ran twice")
-            b, nh, n, _ = q.shape
-            hs = _indices("heads", heads, nh)
-            rs = _indices("rows", rows, n)
-            h_t = torch.tensor(hs, device=q.device)
-            r_t = torch.tensor(rs, device=q.device)
-            if state["out"] is None:
-                stat = torch.float64 if q.dtype == torch.float64 else torch.float32
-                state["out"] = torch.zeros(b, len(want), len(hs), len(rs), k.shape[2], dtype=stat, device=q.device)
-                state.update(heads=hs, rows=rs, n=n, m=k.shape[2])
-            q_sel = q.detach().index_select(1, h_t).index_select(2, r_t)  # (b, h, r, d)
-            k_sel = k.detach().index_select(1, h_t // (nh // k.shape[1]))  # (b, h, m, d): GQA kv head
-            slopes = alibi_slopes.index_select(0, h_t) if alibi_slopes is not None else None
-            blockwise_weights(q_sel, k_sel, rows=rs, n=n, mask=_slice_mask(mask, h_t, r_t), causal=causal,
-                              window=window, slopes=slopes, block=block, out=state["out"][:, want.index(li)])
-            state["seen"].add(li)
-            if len(state["seen"]) == len(want):
-                raise _StopForward
-        return observe
-
+    rec = _Recorder(want, heads, rows, block)
     was_training = model.training
     model.eval()
     try:
         for li in want:
-            mods[li].observer = observer_for(li)
+            mods[li].observer = rec.observer(li)
         with torch.no_grad():
             _run(model, inputs, kind)
     except _StopForward:
@@ -271,8 +279,8 @@ def capture_attention(model: nn.Module, inputs: Any, *, kind: str | None = None,
         for mod in mods:
             mod.observer = None
         model.train(was_training)
-    missing = [li for li in want if li not in state["seen"]]
-    if missing:
+    missing = [li for li in want if li not in rec.seen]
+    if missing or rec.out is None:
         raise ValueError(f"{kind} layers {missing} computed no softmax attention for these inputs "
                          "(a linear-attention layer has no weight map, or the inputs skip that stack)")
-    return AttentionCapture(state["out"], kind, want, state["heads"], state["rows"], state["n"], state["m"])
+    return AttentionCapture(rec.out, kind, want, rec.heads, rec.rows, rec.n, rec.m)

@@ -16,6 +16,8 @@ from ..attention import attention
 from ..attention.linear import linear_attention
 from ..positional import RotaryEmbedding, alibi_slopes
 
+KERNELS = ("softmax", "linear")  # MultiHeadAttention(kernel=): how self-attention scores become weights
+
 
 @dataclass
 class KVCache:
@@ -64,8 +66,10 @@ class MultiHeadAttention(nn.Module):
         alibi: add ALiBi's per-head linear distance penalty (self-attention only).
         window: (left, right) sliding window in key positions, or None for full attention.
         backend: attention backend name for :func:`selfattn.attention` ("auto" picks).
-        attention_type: "softmax" (exact, through ``backend``) or "linear" for self-attention
-            (Katharopoulos et al., 2020; O(N), approximate, see :mod:`selfattn.attention.linear`).
+        kernel: how self-attention scores become weights: "softmax" (exact, through ``backend``) or
+            "linear" (Katharopoulos et al., 2020; O(N), approximate, see :mod:`selfattn.attention.linear`).
+            Not to be confused with ``ModelConfig.attention_type`` ("full" | "sliding" | "linear"),
+            which picks the window as well and maps onto ``kernel`` and ``window``.
 
     ``observer``: optional callable, called as ``observer(self, q, k, mask=, causal=, window=,
     alibi_slopes=)`` right before each :func:`selfattn.attention` call with exactly what it gets
@@ -78,7 +82,7 @@ class MultiHeadAttention(nn.Module):
         self, d_model: int, num_heads: int, num_kv_heads: int | None = None, *, bias: bool = True,
         dropout: float = 0.0, kv_dim: int | None = None, rope: bool = False, alibi: bool = False,
         window: tuple[int | None, int | None] | None = None, backend: str = "auto",
-        attention_type: str = "softmax",
+        kernel: str = "softmax",
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -91,10 +95,10 @@ class MultiHeadAttention(nn.Module):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = d_model // num_heads
         self.dropout, self.window, self.backend = dropout, window, backend
-        if attention_type not in ("softmax", "linear"):
-            raise ValueError(f"attention_type must be 'softmax' or 'linear', got {attention_type!r}")
-        self.attention_type = attention_type
-        if attention_type == "linear" and (alibi or window is not None):
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        self.kernel = kernel
+        if kernel == "linear" and (alibi or window is not None):
             raise ValueError("linear attention has no scores to add ALiBi to or to window; "
                              f"got alibi={alibi}, window={window}")
         kv_dim = d_model if kv_dim is None else kv_dim
@@ -118,17 +122,8 @@ class MultiHeadAttention(nn.Module):
         v = self._split(self.v_proj(context), self.num_kv_heads)  # (b, g, m, d)
         return k, v
 
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
-        causal: bool = False, bias: Tensor | None = None, cache: KVCache | None = None,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Attend from x (b, n, c) to itself, or to ``context`` (b, m, kv_dim) for cross-attention.
-
-        mask: boolean True = may attend, broadcastable to (b, h, n, m), e.g. a key-padding mask
-        shaped (b, 1, 1, m). bias: additive float bias (T5 relative positions).
-        Returns (out (b, n, c), weights (b, h, n, m) or None).
-        """
+    def _check_inputs(self, x: Tensor, context: Tensor | None, cache: KVCache | None) -> None:
+        """Shapes of forward's x, context and cache, as one-line ValueErrors."""
         c_in = self.q_proj.in_features
         if x.dim() != 3 or x.shape[-1] != c_in:
             raise ValueError(f"x must be (batch, length, d_model={c_in}), got shape {tuple(x.shape)}")
@@ -136,12 +131,28 @@ class MultiHeadAttention(nn.Module):
                                     or context.shape[-1] != self.k_proj.in_features):
             raise ValueError(f"context must be (batch={x.shape[0]}, length, {self.k_proj.in_features}), "
                              f"got shape {tuple(context.shape)}")
-        b, n, c = x.shape
+        b = x.shape[0]
         if cache is not None and cache.k is not None and cache.k.shape[0] != b:
             raise ValueError(f"the KV cache holds batch size {cache.k.shape[0]}, got input of batch size {b} "
                              "(use a new cache, or cache.reorder for beam search)")
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
+        causal: bool = False, score_bias: Tensor | None = None, cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from x (b, n, c) to itself, or to ``context`` (b, m, kv_dim) for cross-attention.
+
+        mask: boolean True = may attend, broadcastable to (b, h, n, m), e.g. a key-padding mask
+        shaped (b, 1, 1, m). score_bias: additive float bias on the scores (T5 relative
+        positions), broadcastable to (b, h, n, m) — not the projections' ``bias`` flag of ``__init__``.
+        Returns (out (b, n, c), weights (b, h, n, m) or None).
+        """
+        is_self = context is None  # decided once: cross-attention (to `context`) has no causal, window or ALiBi
+        self._check_inputs(x, context, cache)
+        b, n, c = x.shape
         q = self._split(self.q_proj(x), self.num_heads)  # (b, h, n, d)
-        if context is not None:  # cross-attention: keys/values from the source, computed once
+        if context is not None:  # (not is_self, spelled so for the type checker) keys/values from the source, once
             if cache is not None and cache.k is not None:
                 if cache.v is None:  # k and v are always set together
                     raise ValueError("KVCache holds keys but no values")
@@ -158,25 +169,25 @@ class MultiHeadAttention(nn.Module):
                 q, k = self.rope(q, offset), self.rope(k, offset)
             if cache is not None:
                 k, v = cache.append(k, v)  # (b, g, t, d)
-        if bias is not None:
+        if score_bias is not None:
             if mask is not None:  # fold a boolean mask into the additive bias
-                bias = bias.masked_fill(~mask, float("-inf"))
-            mask = bias
+                score_bias = score_bias.masked_fill(~mask, float("-inf"))
+            mask = score_bias
         if self.observer is not None:  # selfattn.inspect: sees q, k and every mask attention() sees
-            self.observer(self, q, k, mask=mask, causal=causal and context is None,
-                          window=self.window if context is None else None,
-                          alibi_slopes=self.alibi_slopes if context is None else None)
-        if self.attention_type == "linear" and context is None:
+            self.observer(self, q, k, mask=mask, causal=causal and is_self,
+                          window=self.window if is_self else None,
+                          alibi_slopes=self.alibi_slopes if is_self else None)
+        if self.kernel == "linear" and is_self:
             if need_weights:
                 raise ValueError("linear attention forms no weights; need_weights must be False")
             out = linear_attention(q, k, v, mask=mask, causal=causal)  # (b, h, n, d)
             out = out.transpose(1, 2).reshape(b, n, c)  # (b, n, c)
             return self.out_proj(out), None
         result = attention(
-            q, k, v, mask=mask, causal=causal and context is None,
+            q, k, v, mask=mask, causal=causal and is_self,
             dropout_p=self.dropout if self.training else 0.0,
-            window=self.window if context is None else None,
-            alibi_slopes=self.alibi_slopes if context is None else None,
+            window=self.window if is_self else None,
+            alibi_slopes=self.alibi_slopes if is_self else None,
             backend=self.backend, return_weights=need_weights,
         )
         out, weights = result if need_weights else (result, None)

@@ -32,19 +32,19 @@ class LayerSpec:
     norm: str
     norm_first: bool
     norm_eps: float
-    bias: bool
+    bias: bool  # biases in the linear projections (the additive score bias is forward's `score_bias`)
     rope: bool
     alibi: bool
     window: tuple[int | None, int | None] | None
     backend: str
-    attention_type: str = "softmax"  # self-attention: "softmax" (exact) or "linear" (O(N))
+    kernel: str = "softmax"  # self-attention: "softmax" (exact) or "linear" (O(N)); see MultiHeadAttention
 
 
 def _self_attention(s: LayerSpec) -> MultiHeadAttention:
     return MultiHeadAttention(
         s.d_model, s.num_heads, s.num_kv_heads, bias=s.bias, dropout=s.attention_dropout,
         rope=s.rope, alibi=s.alibi, window=s.window, backend=s.backend,
-        attention_type=s.attention_type,
+        kernel=s.kernel,
     )
 
 
@@ -73,11 +73,12 @@ class EncoderLayer(nn.Module):
         self.sub_attn = _Residual(s)
         self.sub_ff = _Residual(s)
 
-    def forward(self, x: Tensor, *, mask: Tensor | None = None, bias: Tensor | None = None,
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, score_bias: Tensor | None = None,
                 causal: bool = False, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x (b, n, c); mask True = may attend (e.g. key padding (b, 1, 1, n))."""
+        """x (b, n, c); mask True = may attend (e.g. key padding (b, 1, 1, n)); score_bias additive (T5)."""
         x, weights = self.sub_attn(
-            x, lambda h: self.self_attn(h, mask=mask, bias=bias, causal=causal, need_weights=need_weights)
+            x, lambda h: self.self_attn(h, mask=mask, score_bias=score_bias, causal=causal,
+                                       need_weights=need_weights)
         )
         x, _ = self.sub_ff(x, self.ff)
         return x, weights
@@ -105,7 +106,7 @@ class DecoderLayer(nn.Module):
 
     def forward(
         self, x: Tensor, memory: Tensor | None = None, *, self_mask: Tensor | None = None,
-        memory_mask: Tensor | None = None, bias: Tensor | None = None,
+        memory_mask: Tensor | None = None, score_bias: Tensor | None = None,
         cache: DecoderLayerCache | None = None, need_weights: bool = False,
     ) -> tuple[Tensor, tuple[Tensor | None, Tensor | None]]:
         """x (b, n, c) targets; memory (b, m, c) encoder output. Self-attention is causal.
@@ -113,7 +114,7 @@ class DecoderLayer(nn.Module):
         Returns x and (self-attention weights, cross-attention weights) when ``need_weights``.
         """
         x, w_self = self.sub_self(x, lambda h: self.self_attn(
-            h, mask=self_mask, bias=bias, causal=True, need_weights=need_weights,
+            h, mask=self_mask, score_bias=score_bias, causal=True, need_weights=need_weights,
             cache=cache.self_attn if cache is not None else None,
         ))
         w_cross = None

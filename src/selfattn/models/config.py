@@ -93,7 +93,9 @@ class ModelConfig:
     scale_embeddings: bool = True  # multiply embeddings by sqrt(d_model) (§3.4)
     embed_norm: bool = False  # LayerNorm after the embedding sum (BERT)
     type_vocab_size: int = 0  # token-type (segment) embeddings (BERT); 0 = none
-    attention_type: str = "full"  # "full", "sliding" with `window`, or "linear" (self-attention)
+    # "full", "sliding" with `window`, or "linear" (self-attention); layer_spec maps it onto the
+    # layers' `window` and `kernel` ("softmax" | "linear"), which are separate words on purpose.
+    attention_type: str = "full"
     window: int = 256  # keys on each side (encoder) or to the left (decoder) for sliding attention
     attention_backend: str = "auto"  # any name in selfattn.BACKENDS
     pad_id: int | None = 0  # padding token id: masks are built from it when none are given
@@ -158,7 +160,7 @@ class ModelConfig:
             activation=self.activation, norm=self.norm, norm_first=self.norm_first,
             norm_eps=self.norm_eps, bias=self.bias, rope=self.positional == "rope",
             alibi=self.positional == "alibi", window=window, backend=self.attention_backend,
-            attention_type="linear" if self.attention_type == "linear" else "softmax",
+            kernel="linear" if self.attention_type == "linear" else "softmax",
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -110,10 +110,10 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None, *, need_weights: bool = False,
                 causal: bool = False) -> tuple[Tensor, list[Tensor | None]]:
         """x (b, m, c); mask True = may attend, e.g. :func:`key_mask` of the padding."""
-        bias = self.rel_bias(x.shape[1], x.shape[1], x.device) if self.rel_bias is not None else None
+        score_bias = self.rel_bias(x.shape[1], x.shape[1], x.device) if self.rel_bias is not None else None
         weights = []
         for layer in self.layers:
-            x, w = layer(x, mask=mask, bias=bias, causal=causal, need_weights=need_weights)
+            x, w = layer(x, mask=mask, score_bias=score_bias, causal=causal, need_weights=need_weights)
             weights.append(w)
         return (self.norm(x) if self.norm is not None else x), weights
 
@@ -153,10 +153,10 @@ class Decoder(nn.Module):
         """x (b, n, c) embedded targets; memory (b, m, c). With ``cache``, x holds only new positions."""
         n = x.shape[1]
         past = cache.offset if cache is not None else 0
-        bias = self.rel_bias(n, past + n, x.device) if self.rel_bias is not None else None
+        score_bias = self.rel_bias(n, past + n, x.device) if self.rel_bias is not None else None
         weights = []
         for i, layer in enumerate(self.layers):
-            x, w = layer(x, memory, self_mask=self_mask, memory_mask=memory_mask, bias=bias,
+            x, w = layer(x, memory, self_mask=self_mask, memory_mask=memory_mask, score_bias=score_bias,
                          cache=cache.layers[i] if cache is not None else None, need_weights=need_weights)
             weights.append(w)
         if cache is not None:

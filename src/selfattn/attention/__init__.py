@@ -31,7 +31,7 @@ from .spec import AttentionCall, alibi_bias, structural_mask
 from .torch_backend import torch_attention, torch_supports
 from .triton_backend import triton_attention, triton_supports
 
-register_backend("math", math_attention, math_supports, priority=0,
+register_backend("math", math_attention, math_supports, priority=0, native_segments=True,
                  description="readable reference: explicit scores, float32 softmax, can return weights")
 register_backend("torch", torch_attention, torch_supports, priority=10,
                  description="PyTorch's fused scaled_dot_product_attention, fully-masked rows made safe")

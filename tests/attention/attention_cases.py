@@ -45,6 +45,7 @@ class Case:
     slopes_grad: bool = False
     scale: float | None = None
     dout: Tensor | None = None  # (b, h, n, e); default: drawn from a fixed seed
+    segment_ids: tuple[Tensor, Tensor] | None = None  # (q_seg (b, n), k_seg (b, m)) integer
     name: str = ""
     options: dict = field(default_factory=dict)
 
@@ -52,7 +53,8 @@ class Case:
         mask = None if self.mask is None else f"{self.mask.dtype} {tuple(self.mask.shape)}"
         return (f"{self.name} q{tuple(self.q.shape)} k{tuple(self.k.shape)} v{tuple(self.v.shape)} "
                 f"{self.dtype} mask={mask} causal={self.causal} window={self.window} "
-                f"alibi={self.alibi_slopes is not None}(grad={self.slopes_grad})")
+                f"alibi={self.alibi_slopes is not None}(grad={self.slopes_grad}) "
+                f"segments={None if self.segment_ids is None else [t.tolist() for t in self.segment_ids]}")
 
 
 def representable(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -61,7 +63,8 @@ def representable(x: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _kwargs(case: Case, mask: Tensor | None, slopes: Tensor | None) -> dict:
-    return dict(mask=mask, causal=case.causal, window=case.window, alibi_slopes=slopes, scale=case.scale)
+    return dict(mask=mask, causal=case.causal, window=case.window, alibi_slopes=slopes, scale=case.scale,
+                segment_ids=case.segment_ids)
 
 
 def _mask_in(case: Case, dtype: torch.dtype) -> Tensor | None:
@@ -71,12 +74,12 @@ def _mask_in(case: Case, dtype: torch.dtype) -> Tensor | None:
 
 
 def backends_for(case: Case) -> list[str]:
-    """Registered backends (but CUDA-only ones) whose ``supports`` accepts the case's call."""
+    """Registered backends (but CUDA-only ones) that accept the case's call (segment ids as each gets them)."""
     q, k, v = (t.to(case.dtype, copy=True).requires_grad_() for t in (case.q, case.k, case.v))
     slopes = None if case.alibi_slopes is None else case.alibi_slopes.float().requires_grad_(case.slopes_grad)
     call = validate_call(q, k, v, dropout_p=0.0, return_weights=False,
                          **_kwargs(case, _mask_in(case, case.dtype), slopes))
-    return [name for name, b in sorted(BACKENDS.items()) if name not in SKIP and b.supports(call) is None]
+    return [name for name, b in sorted(BACKENDS.items()) if name not in SKIP and b.accepts(call) is None]
 
 
 def _expected(case: Case):

@@ -1,7 +1,7 @@
 """Attention by its definition, in float64, one query row at a time — the differential tests' oracle.
 
 Nothing here shares code with selfattn: the allowed keys of each row come from Python comparisons
-(bottom-right causal and windows, the boolean mask, a -inf bias), and each row's softmax is written
+(bottom-right causal and windows, the boolean mask, a -inf bias, equal segment ids), and each row's softmax is written
 out. The non-finite rule it encodes (the one every backend must follow):
 
 * a key is absent from a row when the mask forbids it (False, causal, window, a -inf bias) or its
@@ -27,9 +27,16 @@ from torch import Tensor
 F64 = torch.float64
 
 
-def allowed_keys(b, h, n, m, *, mask, causal, window) -> Tensor:
-    """(b, h, n, m) boolean, True = may attend, from the mask and position comparisons."""
+def allowed_keys(b, h, n, m, *, mask, causal, window, segment_ids=None) -> Tensor:
+    """(b, h, n, m) boolean, True = may attend, from the mask, position and segment comparisons."""
     allowed = torch.ones(b, h, n, m, dtype=torch.bool)
+    if segment_ids is not None:  # packed rows: query i and key j must share a segment
+        q_seg, k_seg = segment_ids
+        for bi in range(b):
+            for i in range(n):
+                for j in range(m):
+                    if int(q_seg[bi, i]) != int(k_seg[bi, j]):
+                        allowed[bi, :, i, j] = False
     if mask is not None:
         full = mask.expand(b, h, n, m)
         allowed &= full if mask.dtype == torch.bool else ~torch.isneginf(full)
@@ -63,12 +70,12 @@ def _in_range(s: Tensor, score_dtype) -> Tensor:
 
 
 def definition(q, k, v, *, mask=None, causal=False, window=None, alibi_slopes=None, scale=None,
-               score_dtype=torch.float32) -> Tensor:
+               score_dtype=torch.float32, segment_ids=None) -> Tensor:
     """(b, h, n, e) float64 output; differentiable in q, k, v (and the slopes / a float mask)."""
     b, h, n, d = q.shape
     g, m, e = k.shape[1], k.shape[2], v.shape[3]
     scale = 1 / math.sqrt(d) if scale is None else float(scale)
-    allowed = allowed_keys(b, h, n, m, mask=mask, causal=causal, window=window)
+    allowed = allowed_keys(b, h, n, m, mask=mask, causal=causal, window=window, segment_ids=segment_ids)
     bias = bias_of(b, h, n, m, mask=mask, alibi_slopes=alibi_slopes)
     rows = []
     for bi in range(b):
@@ -95,7 +102,8 @@ def definition(q, k, v, *, mask=None, causal=False, window=None, alibi_slopes=No
     return torch.stack(rows).view(b, h, n, e)  # (b, h, n, e)
 
 
-def magnitudes(q, k, v, dout, *, mask=None, causal=False, window=None, alibi_slopes=None, scale=None):
+def magnitudes(q, k, v, dout, *, mask=None, causal=False, window=None, alibi_slopes=None, scale=None,
+               segment_ids=None):
     """Sums of absolute terms that bound each result's rounding error, float64, on the finite parts
     of the inputs: out_i <- sum_j p_ij |v_j|; dv_j <- sum_i p_ij |dO_i|; dq_i <- scale sum_j p_ij
     (A_ij + sum_l p_il A_il) |k_j| with A_ij = |dO_i|·|v_j| (the terms of dP_ij = dO_i·v_j and of
@@ -104,7 +112,7 @@ def magnitudes(q, k, v, dout, *, mask=None, causal=False, window=None, alibi_slo
     b, h, n, d = q.shape
     g, m = k.shape[1], k.shape[2]
     scale = 1 / math.sqrt(d) if scale is None else float(scale)
-    allowed = allowed_keys(b, h, n, m, mask=mask, causal=causal, window=window)
+    allowed = allowed_keys(b, h, n, m, mask=mask, causal=causal, window=window, segment_ids=segment_ids)
     with torch.no_grad():  # keys whose true logit is -inf are absent (the rule), also here
         raw = (q.detach().to(F64).unsqueeze(3) * k.detach().to(F64).repeat_interleave(h // g, 1).unsqueeze(2))
         raw = raw.sum(-1).to(torch.float32) * scale  # (b, h, n, m), elementwise: 0 * inf stays in its pair

@@ -2,7 +2,8 @@
 
 Each drawn call (shapes with Nq in {0, 1, odd, > one 64-row kernel block}, Nk = 0, D from 1 to 256,
 MHA/GQA/MQA, every legal broadcast shape of a boolean or floating mask, causal with Nq > Nk and
-Nq < Nk, windows, ALiBi with and without a slope gradient, float32/bfloat16/float16/float64, and
+Nq < Nk, windows, ALiBi with and without a slope gradient, segment ids (packed non-decreasing or
+arbitrary, self- or cross-attention, int32/int64), float32/bfloat16/float16/float64, and
 planted NaN/inf values or overflowing logits) runs through every backend that serves it; output and
 gradients are compared with a float64 evaluation of the definition (``attention_definition.py``)
 under per-dtype bounds (``attention_cases.py``).
@@ -30,6 +31,22 @@ def mask_shapes(draw, b, h, n, m):
     rank = draw(st.integers(1, 4))
     full = (b, h, n, m)[4 - rank:]
     return tuple(s if draw(st.booleans()) else 1 for s in full)
+
+
+@st.composite
+def segment_ids(draw, b, n, m, gen):
+    """(q_seg (b, n), k_seg (b, m)): packed rows (non-decreasing ids) or arbitrary ones, shared by queries
+    and keys (self-attention, n == m) or drawn apart (cross-attention); ids in 0..2 so some rows match no key."""
+    dtype = draw(st.sampled_from([torch.int64, torch.int32]))
+    packed = draw(st.booleans())
+
+    def ids(length):
+        x = torch.randint(0, 3, (b, length), generator=gen)
+        return (x.sort(dim=1).values if packed else x).to(dtype)
+
+    q_seg = ids(n)
+    same = n == m and draw(st.booleans())
+    return q_seg, (q_seg if same else ids(m))
 
 
 @st.composite
@@ -66,6 +83,8 @@ def cases(draw):
         else:
             bias = representable(torch.randn(shape, generator=gen), torch.float32)
             case.mask = bias.masked_fill(~keep, float("-inf"))
+    if draw(st.booleans()):
+        case.segment_ids = draw(segment_ids(b, n, m, gen))
     if draw(st.booleans()):
         case.alibi_slopes = representable(torch.rand(h, generator=gen) * 0.5, torch.float32)
         case.slopes_grad = draw(st.booleans())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_cases import Case, check_case, representable
+from attention_cases import Case, backends_for, check_case, representable
 from attention_definition import definition
 
 import selfattn
@@ -157,10 +157,49 @@ def head_dims(dt):
     return _case(dt, d=1, e=256, causal=True, n=5, m=3)
 
 
+def _ids(*rows):  # (b, len) int64 segment ids
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+def packed_segments(dt):  # three documents in a row of 70, causal: each attends only its own prefix
+    seg = _ids([0] * 20 + [1] * 33 + [2] * 17, [0] * 70)
+    return _case(dt, b=2, n=70, m=70, d=16, causal=True, segment_ids=(seg, seg))
+
+
+def segments_and_padding(dt):  # segments AND key padding AND a window; the last segment is padding only
+    seg = _ids([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    return _case(dt, mask=_padding(9, [7, 8]), window=(2, 1), segment_ids=(seg, seg))
+
+
+def segments_cross(dt):  # cross-attention: 5 target tokens of 2 pairs vs 7 source tokens; segment 3 has no source
+    q_seg, k_seg = _ids([0, 0, 1, 1, 3]), _ids([0, 0, 0, 1, 1, 1, 1])
+    return _case(dt, n=5, m=7, segment_ids=(q_seg, k_seg))
+
+
+def segments_unsorted(dt):  # ids need not be sorted: a block's id range overlaps without a shared id
+    seg = _ids([0, 2, 0, 2, 1, 1, 0, 2, 0] * 8)
+    return _case(dt, n=72, m=72, d=8, segment_ids=(seg, seg))
+
+
+def segments_with_float_bias(dt):  # an additive bias is kept where segments agree, -inf elsewhere
+    gen = torch.Generator().manual_seed(6)
+    seg = _ids([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    bias = representable(torch.randn(1, 2, 9, 9, generator=gen), torch.float32)
+    return _case(dt, mask=bias, segment_ids=(seg, seg))
+
+
+def segments_nan_in_other_document(dt):  # a NaN key of document 1 reaches nothing of document 0
+    seg = _ids([0] * 4 + [1] * 5)
+    c = _case(dt, segment_ids=(seg, seg))
+    _set(c.k, (0, 0, 6), NAN)
+    return c
+
+
 CASES = [nan_key, nan_query_row, nan_value_entry, inf_key, neg_inf_value, nan_in_padded_key,
          nan_in_hidden_key, nan_outside_window, overflowing_logits, overflow_to_minus_inf, overflow_one_pair,
          nan_and_inf_bias, nan_query_in_dead_row, peaked_float_bias, peaked_scores, alibi_long, empty_queries, empty_batch,
-         no_keys, head_dims]
+         no_keys, head_dims, packed_segments, segments_and_padding, segments_cross, segments_unsorted,
+         segments_with_float_bias, segments_nan_in_other_document]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
@@ -187,3 +226,29 @@ def test_auto_gives_the_alibi_slope_gradient(one_thread):
     choice = selfattn.explain_backend(q, k, v, causal=True, alibi_slopes=slopes)
     for kernel in ("flash", "cpu_f32"):
         assert "ALiBi slopes require a gradient" in choice.reasons[kernel]
+
+
+def test_a_packed_row_gives_each_document_its_own_attention(one_thread):
+    """Packing: each document of a packed row gets exactly the output and gradients it gets alone
+    (float64, causal), by every backend that serves segment ids."""
+    lengths = [5, 11, 3, 9]
+    gen = torch.Generator().manual_seed(7)
+    n = sum(lengths)
+    q, k, v = (torch.randn(1, 2, n, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    seg = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).view(1, n)  # (1, n)
+    dout = torch.randn(1, 2, n, 8, generator=gen, dtype=torch.float64)
+    served = backends_for(Case(q, k, v, dtype=torch.float64, causal=True, segment_ids=(seg, seg)))
+    assert "math" in served and "torch" in served
+    for backend in served:
+        qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+        out = selfattn.attention(qs, ks, vs, causal=True, segment_ids=(seg, seg), backend=backend)
+        out.backward(dout)
+        start = 0
+        for length in lengths:
+            part = slice(start, start + length)
+            qa, ka, va = (t[:, :, part].clone().requires_grad_() for t in (q, k, v))
+            alone = definition(qa, ka, va, causal=True, score_dtype=torch.float64)
+            alone.backward(dout[:, :, part])
+            for got, want in ((out, alone), (qs.grad, qa.grad), (ks.grad, ka.grad), (vs.grad, va.grad)):
+                torch.testing.assert_close(got[:, :, part], want, rtol=1e-12, atol=1e-12)
+            start += length

@@ -133,3 +133,30 @@ def test_token_type_ids_out_of_range_are_rejected():
         emb(tokens, token_types=torch.tensor([[0, 1, 2, 0]]))
     with pytest.raises(ValueError, match="token_types must be integer ids shaped like tokens"):
         emb(tokens, token_types=torch.zeros(1, 3, dtype=torch.long))
+
+
+_SEG = torch.zeros(1, 4, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("segment_ids, match", [
+    (_SEG, "pair"),
+    ((_SEG,), "pair"),
+    ((_SEG, [0, 0, 0, 0]), "k_seg must be a tensor"),
+    ((torch.zeros(1, 3, dtype=torch.int64), _SEG), r"q_seg must have shape \(1, 4\)"),
+    ((_SEG, torch.zeros(2, 4, dtype=torch.int64)), r"k_seg must have shape \(1, 4\)"),
+    ((_SEG.float(), _SEG), "integer"),
+    ((_SEG, _SEG.bool()), "integer"),
+    ((_SEG, _SEG.to("meta")), "device"),
+])
+def test_bad_segment_ids_are_rejected(segment_ids, match):
+    with pytest.raises(ValueError, match=match):
+        selfattn.attention(*_qkv(), segment_ids=segment_ids)
+
+
+def test_segments_are_part_of_the_call_signature():
+    q, k, v = _qkv()
+    plain = validate_call(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, window=None,
+                          alibi_slopes=None, return_weights=False)
+    packed = validate_call(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, window=None,
+                           alibi_slopes=None, return_weights=False, segment_ids=(_SEG, _SEG))
+    assert packed.segments and not plain.segments and packed != plain

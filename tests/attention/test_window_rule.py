@@ -11,7 +11,6 @@ import itertools
 import pytest
 import torch
 
-from selfattn.attention import flash
 from selfattn.attention.spec import structural_mask, window_allows, window_sides
 
 WINDOWS = [None, (None, None), (0, 0), (2, None), (None, 1), (1, 3), (3, 0), (0, 2)]
@@ -39,10 +38,3 @@ def test_window_helpers_and_structural_mask_equal_brute_force(n, m, causal, wind
     assert (got is None) == bool(want.all() and window_sides(causal, window) == (None, None))
     sm = structural_mask(n, m, causal=causal, window=window, device="cpu")
     torch.testing.assert_close(torch.ones(n, m, dtype=torch.bool) if sm is None else sm, want)
-
-
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("window", WINDOWS)
-def test_flash_keeps_the_same_sides(causal, window):
-    # flash.py still carries its own copy (its masking is being rewritten): it must not drift
-    assert flash._sides(causal, window) == window_sides(causal, window)

@@ -31,16 +31,17 @@ from .torch_backend import torch_attention, torch_supports
 from .torch_f32 import torch_f32_attention, torch_f32_auto_declines, torch_f32_supports
 from .triton_backend import triton_attention, triton_supports
 
-register_backend("math", math_attention, math_supports, priority=0,
+register_backend("math", math_attention, math_supports, priority=0, native_segments=True,
                  description="readable reference: explicit scores, float32 softmax, can return weights")
 register_backend("torch", torch_attention, torch_supports, priority=10,
                  description="PyTorch's fused scaled_dot_product_attention, fully-masked rows made safe")
 register_backend("torch_f32", torch_f32_attention, torch_f32_supports, priority=12,
                  auto_declines=torch_f32_auto_declines,
                  description="bf16/fp16 on CPU: SDPA on float32 copies (bf16 matmuls are slow on AVX2 CPUs)")
-register_backend("flash", flash_attention, flash_supports, priority=15,
+register_backend("flash", flash_attention, flash_supports, priority=15, native_segments=True,
                  auto_declines=flash_auto_declines,
-                 description="exact blockwise attention (online softmax), O(N) memory forward and backward")
+                 description="exact blockwise attention (online softmax), O(N) memory forward and backward; any mask, "
+                             "segment ids natively, skipping ruled-out blocks")
 register_backend("cpu_bf16", cpu_bf16_attention, cpu_bf16_supports, priority=18,
                  auto_declines=cpu_bf16_auto_declines,
                  description="fused bf16 C kernel for CPUs with AVX-512 BF16, O(N) memory forward and backward")

@@ -5,6 +5,11 @@ Mask: boolean True = may attend, or a floating additive bias. ``causal`` is bott
 (query i may attend key j when j <= i + m - n). Scores, biases, softmax and the weighted sum are
 float32 for float32/bfloat16/float16 inputs (float64 for float64); the output is rounded once.
 
+Segment ids ``(q_seg (b, n), k_seg (b, m))`` (packed sequences, document masks): query i of row b may
+attend key j only when ``q_seg[b, i] == k_seg[b, j]``, AND-ed with the mask, causal and window (ALiBi's
+bias is unchanged). A key of another segment is absent in the sense below; a row whose segment matches
+no allowed key is dead. Here the rule is applied as the (b, 1, n, m) mask ``spec.merge_segments`` builds.
+
 Non-finite values follow one rule, shared by every backend (they hand such calls to this one):
 
 * a key is **absent** from a row when the mask forbids it or its logit is -inf (a -inf bias, or
@@ -22,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .spec import AttentionCall, alibi_bias, empty_result, is_empty, structural_mask, tracing
+from .spec import AttentionCall, alibi_bias, empty_result, is_empty, merge_segments, structural_mask, tracing
 
 _NEG_INF = float("-inf")
 
@@ -134,8 +139,10 @@ def math_attention(
     window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None,
     return_weights: bool = False,
+    segment_ids: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Reference attention. Returns ``(out (b, h, n, e), weights (b, h, n, m) or None)``."""
+    mask = merge_segments(mask, segment_ids)  # (b, 1|h, n, m) when segments are given
     b, h, n, d = q.shape
     m = k.shape[2]
     if is_empty(q, k):  # no rows, or no keys: every row is dead

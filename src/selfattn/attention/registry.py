@@ -18,6 +18,12 @@ and decides again (the backend's ``supports`` now says why not).
 
 Mask convention: boolean True = may attend; floating = additive bias. ``causal`` is
 bottom-right aligned: query i may attend key j when j <= i + (Nk - Nq).
+
+Segment ids ``(q_seg (B, Nq), k_seg (B, Nk))``: query i of row b may attend key j only when
+``q_seg[b, i] == k_seg[b, j]``, AND-ed with every other mask. A backend registered with
+``native_segments=True`` receives them as ``segment_ids=`` (an extra keyword) and its ``supports`` sees
+``call.segments``; every other backend receives the equivalent (B, 1, Nq, Nk) mask folded into ``mask``
+(:func:`~selfattn.attention.spec.merge_segments`) and judges the call as one with that general mask.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor
 
-from .spec import AttentionCall, validate_call
+from .spec import AttentionCall, merge_segments, validate_call, without_segments
 
 
 class AttentionFn(Protocol):
@@ -57,6 +63,24 @@ class Backend:
     # Only for "auto": why not to pick this backend although it could serve the call (e.g. slower
     # there); a backend named explicitly ignores it. None = "auto" uses it whenever it can.
     auto_declines: Callable[[AttentionCall], str | None] | None = None
+    native_segments: bool = False  # fn takes segment_ids= itself; else it gets them merged into the mask
+
+    def view(self, call: AttentionCall) -> AttentionCall:
+        """The call as this backend receives it (segment ids merged into the mask unless native)."""
+        return call if self.native_segments else without_segments(call)
+
+    def accepts(self, call: AttentionCall) -> str | None:
+        """Why this backend cannot serve ``call`` (its ``supports`` on :meth:`view`), or None."""
+        return self.supports(self.view(call))
+
+    def run(self, q: Tensor, k: Tensor, v: Tensor, segment_ids: tuple[Tensor, Tensor] | None,
+            **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        """Call ``fn``, handing it the segment ids natively or merged into ``mask``."""
+        if segment_ids is None:
+            return self.fn(q, k, v, **kwargs)
+        if self.native_segments:
+            return cast(tuple[Tensor, Tensor | None], cast(Any, self.fn)(q, k, v, segment_ids=segment_ids, **kwargs))
+        return self.fn(q, k, v, **{**kwargs, "mask": merge_segments(kwargs["mask"], segment_ids)})
 
 
 @dataclass
@@ -73,6 +97,7 @@ class BackendChoice:
 
 
 def _declines(b: Backend, call: AttentionCall) -> str | None:
+    call = b.view(call)
     why = b.supports(call)
     if why is None and b.auto_declines is not None:
         why = b.auto_declines(call)
@@ -165,7 +190,7 @@ class Registry(Mapping[str, Backend]):
             known = ", ".join(["auto", *sorted(self._backends)])
             raise ValueError(f"unknown attention backend {backend!r}; expected one of: {known}")
         if backend != "auto":
-            why = self._backends[backend].supports(call)
+            why = self._backends[backend].accepts(call)
             if why is not None:
                 raise ValueError(f"attention backend {backend!r} cannot serve this call: {why}")
             return BackendChoice(backend, {n: "not requested (backend named explicitly)"
@@ -197,19 +222,22 @@ def register_backend(
     priority: int,
     description: str = "",
     auto_declines: Callable[[AttentionCall], str | None] | None = None,
+    native_segments: bool = False,
 ) -> None:
     """Add (or replace) a backend in :data:`BACKENDS`."""
-    BACKENDS.register(Backend(name, fn, supports, priority, description, auto_declines))
+    BACKENDS.register(Backend(name, fn, supports, priority, description, auto_declines, native_segments))
 
 
 def explain_backend(
     q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
     scale: float | None = None, dropout_p: float = 0.0, window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None, backend: str = "auto", return_weights: bool = False,
+    segment_ids: tuple[Tensor, Tensor] | None = None,
 ) -> BackendChoice:
     """Tell which backend :func:`attention` would use for these arguments, and why not the others."""
     call = validate_call(q, k, v, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p,
-                         window=window, alibi_slopes=alibi_slopes, return_weights=return_weights)
+                         window=window, alibi_slopes=alibi_slopes, return_weights=return_weights,
+                         segment_ids=segment_ids)
     return BACKENDS.explain(call, backend)
 
 
@@ -247,6 +275,7 @@ def attention(
     alibi_slopes: Tensor | None = None,
     backend: str = "auto",
     return_weights: bool = False,
+    segment_ids: tuple[Tensor, Tensor] | None = None,
 ) -> Any:  # Tensor, or (Tensor, Tensor | None) when return_weights
     """Scaled dot-product attention ``softmax(q kᵀ · scale + bias) v``.
 
@@ -265,6 +294,10 @@ def attention(
         alibi_slopes: (Hq,) ALiBi slopes; adds ``-slope * |pos_q - pos_k|`` to the scores.
         backend: "auto" or a registered backend name (see :data:`BACKENDS`).
         return_weights: also return the (B, Hq, Nq, Nk) weights (before dropout).
+        segment_ids: ``(q_seg (B, Nq), k_seg (B, Nk))`` integer tensors (packed sequences): query i of
+            row b may attend key j only when ``q_seg[b, i] == k_seg[b, j]``, AND-ed with ``mask``,
+            ``causal`` and ``window``. Self-attention passes one tensor twice; cross-attention the
+            target's and the source's segments.
 
     A query row that may attend no key gets output 0 and weights 0, never NaN.
 
@@ -276,19 +309,21 @@ def attention(
     if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
             return attention(q, k, v, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=window,
-                             alibi_slopes=alibi_slopes, backend=backend, return_weights=return_weights)
+                             alibi_slopes=alibi_slopes, backend=backend, return_weights=return_weights,
+                             segment_ids=segment_ids)
     call = validate_call(q, k, v, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p,
-                         window=window, alibi_slopes=alibi_slopes, return_weights=return_weights)
+                         window=window, alibi_slopes=alibi_slopes, return_weights=return_weights,
+                         segment_ids=segment_ids)
     kwargs: dict[str, Any] = dict(mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=call.window,
                   alibi_slopes=alibi_slopes, return_weights=return_weights)
     if torch.compiler.is_compiling():  # decided at trace time, outside the graph, as a constant
-        out, weights = BACKENDS[_decide_while_tracing(call, backend)].fn(q, k, v, **kwargs)
+        out, weights = BACKENDS[_decide_while_tracing(call, backend)].run(q, k, v, segment_ids, **kwargs)
         return (out, weights) if return_weights else out
     try:
-        out, weights = BACKENDS[BACKENDS.decide(call, backend)].fn(q, k, v, **kwargs)
+        out, weights = BACKENDS[BACKENDS.decide(call, backend)].run(q, k, v, segment_ids, **kwargs)
     except BackendUnavailable:
         if backend != "auto":
             raise
         BACKENDS.forget_decisions()  # the backend's supports() now says why not
-        out, weights = BACKENDS[BACKENDS.decide(call, backend)].fn(q, k, v, **kwargs)
+        out, weights = BACKENDS[BACKENDS.decide(call, backend)].run(q, k, v, segment_ids, **kwargs)
     return (out, weights) if return_weights else out

@@ -8,10 +8,19 @@ Mask convention, everywhere in selfattn: a boolean mask is **True = may attend**
 A floating mask is an additive bias (use -inf to forbid).
 ``causal=True`` is **bottom-right aligned**: query i may attend key j when j <= i + (Nk - Nq),
 so a decoder step with a key/value cache (Nq=1, Nk=t) needs no special case.
+
+Segment ids (document masks for packed sequences): ``segment_ids = (q_seg (B, Nq), k_seg (B, Nk))``,
+integer tensors; query i of row b may attend key j only when ``q_seg[b, i] == k_seg[b, j]``, AND-ed with
+every other mask (boolean, -inf bias, causal, window; ALiBi still adds its bias). For self-attention both
+are the same tensor; for cross-attention q_seg holds the target's segments and k_seg the source's. A row
+whose segment matches no allowed key is dead (output 0). Backends registered with ``native_segments`` take
+the ids themselves (and may skip key blocks whose segments no query shares); every other backend gets the
+equivalent (B, 1, Nq, Nk) mask built once by :func:`merge_segments`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import numbers
 from dataclasses import dataclass
@@ -43,6 +52,16 @@ class AttentionCall:
     dropout_p: float
     return_weights: bool
     requires_grad: bool
+    segments: bool = False  # segment ids given (packed rows: q_seg[b, i] == k_seg[b, j] may attend)
+
+
+def without_segments(call: AttentionCall) -> AttentionCall:
+    """The call as a backend without native segment ids sees it: the ids merged into a general
+    (B, 1, Nq, Nk) mask (boolean, or the floating mask with -inf where segments differ)."""
+    if not call.segments:
+        return call
+    kind = "bool" if call.mask_kind == "none" else call.mask_kind
+    return dataclasses.replace(call, segments=False, mask_kind=kind, key_padding_only=False)
 
 
 def _shape(t: Tensor) -> str:
@@ -142,6 +161,42 @@ def _check_alibi(slopes: object, q: Tensor, h: int) -> None:
         raise ValueError(f"alibi_slopes must be finite, got {slopes.detach().tolist()}")
 
 
+def _check_segments(segment_ids: object, q: Tensor, k: Tensor) -> None:
+    """A pair (q_seg (B, Nq), k_seg (B, Nk)) of integer tensors on q's device."""
+    if not (isinstance(segment_ids, (tuple, list)) and len(segment_ids) == 2):
+        raise ValueError(f"segment_ids must be a pair (q_seg (B, Nq), k_seg (B, Nk)) or None, "
+                         f"got {type(segment_ids).__name__}")
+    b, n, m = q.shape[0], q.shape[2], k.shape[2]
+    for name, t, want in (("q_seg", segment_ids[0], (b, n)), ("k_seg", segment_ids[1], (b, m))):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"segment_ids {name} must be a tensor of shape {want}, got {type(t).__name__}")
+        if tuple(t.shape) != want:
+            raise ValueError(f"segment_ids {name} must have shape {want}, got {_shape(t)}")
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise ValueError(f"segment_ids {name} must be an integer tensor, got dtype {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"segment_ids {name} must be on q's device {q.device}, got {t.device}")
+
+
+def segment_mask(segment_ids: tuple[Tensor, Tensor]) -> Tensor:
+    """(B, 1, Nq, Nk) boolean, True = may attend: ``q_seg[b, i] == k_seg[b, j]``."""
+    q_seg, k_seg = segment_ids
+    return q_seg[:, None, :, None] == k_seg[:, None, None, :]  # (b, 1, n, m)
+
+
+def merge_segments(mask: Tensor | None, segment_ids: tuple[Tensor, Tensor] | None) -> Tensor | None:
+    """``mask`` with the segment rule folded in, for backends that do not take segment ids: a boolean
+    mask AND-ed with :func:`segment_mask`, a floating one set to -inf where segments differ."""
+    if segment_ids is None:
+        return mask
+    same = segment_mask(segment_ids)  # (b, 1, n, m)
+    if mask is None:
+        return same
+    if mask.dtype == torch.bool:
+        return mask & same
+    return mask.masked_fill(~same, float("-inf"))  # broadcasts to (b, h|1, n, m)
+
+
 def validate_call(
     q: Tensor,
     k: Tensor,
@@ -154,6 +209,7 @@ def validate_call(
     window: tuple[int | None, int | None] | None,
     alibi_slopes: Tensor | None,
     return_weights: bool,
+    segment_ids: tuple[Tensor, Tensor] | None = None,
 ) -> AttentionCall:
     """Check the arguments of :func:`selfattn.attention`; raise ``ValueError`` naming expected vs given."""
     _check_qkv(q, k, v)
@@ -171,6 +227,8 @@ def validate_call(
     window = _check_window(window)
     if alibi_slopes is not None:
         _check_alibi(alibi_slopes, q, h)
+    if segment_ids is not None:
+        _check_segments(segment_ids, q, k)
 
     return AttentionCall(
         batch=b, q_heads=h, kv_heads=g, q_len=n, k_len=m, head_dim=d, v_dim=v.shape[3],
@@ -181,6 +239,7 @@ def validate_call(
         dropout_p=float(dropout_p),
         return_weights=bool(return_weights),
         requires_grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)),
+        segments=segment_ids is not None,
     )
 
 

@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from selfattn.data.packing import pack_first_fit, segment_layout
+from selfattn.data.packing import pack_first_fit, segment_layout, segment_mask
 
 
 def test_each_pair_once_capacities_respected_deterministic() -> None:
@@ -30,3 +30,15 @@ def test_segment_layout() -> None:
     with pytest.raises(ValueError):
         segment_layout([4, 4], 7)
     assert torch.equal(segment_layout([], 2)[0], torch.zeros(2, dtype=torch.long))
+
+
+def test_segment_mask_brute_force() -> None:
+    q = torch.tensor([[1, 1, 2, 2, 2, 0]])
+    got = segment_mask(q, q, causal=True)
+    assert got.shape == (1, 1, 6, 6)
+    for i in range(6):
+        for j in range(6):
+            assert bool(got[0, 0, i, j]) == (q[0, i] == q[0, j] and j <= i)
+    assert bool(segment_mask(q, q).any(-1).all())
+    with pytest.raises(ValueError, match="expected"):
+        segment_mask(q[0], q)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["pack_first_fit", "segment_layout"]
+__all__ = ["pack_first_fit", "segment_layout", "segment_mask"]
 
 
 def pack_first_fit(
@@ -52,3 +52,17 @@ def segment_layout(seg_lengths: Sequence[int], capacity: int) -> tuple[torch.Ten
         pos[start : start + n] = torch.arange(n)
         start += n
     return ids, pos
+
+
+def segment_mask(q_seg: torch.Tensor, k_seg: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """Boolean document mask (B, 1, Nq, Nk), True = may attend: same segment id (AND causal if asked).
+
+    Padding (id 0) attends to padding, so no row is fully masked; its outputs are ignored by the loss.
+    """
+    if q_seg.dim() != 2 or k_seg.dim() != 2 or q_seg.shape[0] != k_seg.shape[0]:
+        raise ValueError(f"expected (B, Nq) and (B, Nk) segment ids, got {tuple(q_seg.shape)}, {tuple(k_seg.shape)}")
+    mask = q_seg[:, None, :, None] == k_seg[:, None, None, :]  # (B, 1, Nq, Nk)
+    if causal:
+        nq, nk = q_seg.shape[1], k_seg.shape[1]
+        mask = mask & torch.ones(nq, nk, dtype=torch.bool).tril()  # (B, 1, Nq, Nk)
+    return mask

@@ -46,6 +46,13 @@ class SinusoidalPositions(nn.Module):
             self.table = sinusoidal_table(2 * (offset + n), self.d_model).to(self.table.device)
         return self.table[offset : offset + n]  # (n, d)
 
+    def at(self, positions: Tensor) -> Tensor:
+        """PE rows for integer ``positions`` of any shape (packed rows: positions within each segment)."""
+        top = int(positions.max()) + 1 if positions.numel() else 0
+        if top > self.table.shape[0]:
+            self.table = sinusoidal_table(2 * top, self.d_model).to(self.table.device)
+        return self.table[positions]  # (*positions.shape, d)
+
 
 class LearnedPositions(nn.Module):
     """A trained (max_len, d) table (BERT, GPT-2)."""
@@ -62,6 +69,13 @@ class LearnedPositions(nn.Module):
                 f"position {offset + n}; raise max_len or use sinusoidal/rope/alibi"
             )
         return self.weight[offset : offset + n]  # (n, d)
+
+    def at(self, positions: Tensor) -> Tensor:
+        """Rows for integer ``positions`` of any shape (packed rows: positions within each segment)."""
+        top = int(positions.max()) + 1 if positions.numel() else 0
+        if top > self.max_len:
+            raise ValueError(f"learned positions cover {self.max_len} positions, got position {top - 1}")
+        return self.weight[positions]  # (*positions.shape, d)
 
 
 class RotaryEmbedding(nn.Module):
@@ -84,10 +98,13 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)  # (n, d)
         return emb.cos(), emb.sin()
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """Rotate x of shape (b, h, n, d) for positions offset ... offset+n-1."""
+    def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None) -> Tensor:
+        """Rotate x of shape (b, h, n, d) for positions offset ... offset+n-1, or for ``positions`` (b, n)."""
         n = x.shape[-2]
-        cos, sin = self.angles(torch.arange(offset, offset + n, device=x.device))
+        if positions is None:
+            cos, sin = self.angles(torch.arange(offset, offset + n, device=x.device))  # (n, d) each
+        else:
+            cos, sin = (a.unsqueeze(1) for a in self.angles(positions))  # (b, 1, n, d) each
         xf = x.float()
         x1, x2 = xf.chunk(2, dim=-1)  # (b, h, n, d/2) each
         rotated = torch.cat([-x2, x1], dim=-1)  # (b, h, n, d)

@@ -11,6 +11,8 @@ other. Concrete tasks live in :mod:`selfattn.data` (synthetic, char LM) and :mod
 A :class:`Batch` holds ``src`` (b, m) source ids or None for language models, ``tgt_in`` (b, n) decoder inputs
 (BOS + target, teacher forcing) and ``tgt_out`` (b, n) targets (target + EOS) with :data:`IGNORE` where there is no
 target. Padding uses ``vocab.pad_id``; models derive masks from it (True = real token, may be attended).
+A packed batch (several pairs a row, :mod:`selfattn.data.packing`) also holds ``src_seg`` / ``tgt_seg``: the
+segment id of each position (1, 2, ... in row order, 0 = padding); the targets are those of the pairs alone.
 """
 
 from __future__ import annotations
@@ -30,20 +32,36 @@ class Batch:
     src: Tensor | None  # (b, m) source ids; None for language models
     tgt_in: Tensor  # (b, n) decoder input (BOS + target for seq2seq)
     tgt_out: Tensor  # (b, n) next-token targets, IGNORE where none
+    # packed rows (selfattn.data.packing): segment ids 1, 2, ... per pair, 0 = padding; None = one pair a row
+    src_seg: Tensor | None = None  # (b, m)
+    tgt_seg: Tensor | None = None  # (b, n)
 
     def __len__(self) -> int:
         return self.tgt_in.shape[0]
 
+    @property
+    def segment_ids(self) -> tuple[Tensor, Tensor] | None:
+        """(source ids (b, m), target ids (b, n)) of a packed batch, None when unpacked."""
+        if self.src_seg is None or self.tgt_seg is None:
+            return None
+        return self.src_seg, self.tgt_seg
+
     def rows(self, index: slice | Tensor) -> Batch:
-        return Batch(None if self.src is None else self.src[index], self.tgt_in[index], self.tgt_out[index])
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[index]
+
+        return Batch(pick(self.src), self.tgt_in[index], self.tgt_out[index], pick(self.src_seg), pick(self.tgt_seg))
 
     @property
     def num_targets(self) -> int:
         return int((self.tgt_out != IGNORE).sum())
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(None if self.src is None else self.src.to(device), self.tgt_in.to(device),
-                     self.tgt_out.to(device))
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return Batch(move(self.src), self.tgt_in.to(device), self.tgt_out.to(device), move(self.src_seg),
+                     move(self.tgt_seg))
 
 
 class TaskVocab(Protocol):

@@ -28,6 +28,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--subword-type", default="unigram", choices=("unigram", "bpe"), help="default unigram")
     g.add_argument("--max-tokens", type=int, default=4096,
                    help="padded tokens per side per batch (replaces batch_size; default 4096)")
+    g.add_argument("--pack", type=int, default=0, metavar="TOKENS",
+                   help="pack several pairs into rows of TOKENS per side, attention kept inside each pair by "
+                        "segment ids (default 0 = one pair a row)")
     g.add_argument("--max-len", type=int, default=128, help="drop training pairs with more pieces (default 128)")
     g.add_argument("--empty-pairs", default="skip", choices=("skip", "error"),
                    help="pairs with an empty side: skip and count (default) or stop with file:line")
@@ -59,14 +62,17 @@ def task_from_args(args, seed: int = 0):
                           subword_type=args.subword_type, max_tokens=args.max_tokens, max_len=args.max_len,
                           empty=args.empty_pairs, bleu_eval_size=args.bleu_eval_size, seed=seed, augment=aug,
                           synthetic=list(args.synthetic), synthetic_ratio=args.synthetic_ratio,
-                          synthetic_tag=not args.no_synthetic_tag)
+                          synthetic_tag=not args.no_synthetic_tag, pack=args.pack)
     for path in find_split(cfg.data, "train", cfg.src, cfg.tgt):
         if not path.read_bytes().strip():
             raise ValueError(f"training file {str(path)!r} is empty (expected one sentence per line)")
     t0 = time.perf_counter()
     task = TranslationTask(cfg, verbose=True)
-    print(f"translation data ready in {time.perf_counter() - t0:.1f} s: {len(task.train_ids)} pairs in "
-          f"{len(task.batches)} batches of <= {cfg.max_tokens} tokens per side")
+    pad = task.padding()
+    rows = f"packed into rows of {cfg.pack} tokens, " if cfg.pack else ""
+    print(f"translation data ready in {time.perf_counter() - t0:.1f} s: {len(task.train_ids)} pairs {rows}in "
+          f"{len(task.batches)} batches of <= {cfg.max_tokens} tokens per side; padding {pad['src']:.1%} of "
+          f"source, {pad['tgt']:.1%} of target positions")
     return task
 
 

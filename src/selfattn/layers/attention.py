@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..attention import attention
 from ..attention.linear import linear_attention
+from ..data.packing import segment_positions
 from ..positional import RotaryEmbedding, alibi_slopes
 
 KERNELS = ("softmax", "linear")  # MultiHeadAttention(kernel=): how self-attention scores become weights
@@ -122,7 +123,8 @@ class MultiHeadAttention(nn.Module):
         v = self._split(self.v_proj(context), self.num_kv_heads)  # (b, g, m, d)
         return k, v
 
-    def _check_inputs(self, x: Tensor, context: Tensor | None, cache: KVCache | None) -> None:
+    def _check_inputs(self, x: Tensor, context: Tensor | None, cache: KVCache | None,
+                      segment_ids: tuple[Tensor, Tensor] | None) -> None:
         """Shapes of forward's x, context and cache, as one-line ValueErrors."""
         c_in = self.q_proj.in_features
         if x.dim() != 3 or x.shape[-1] != c_in:
@@ -135,21 +137,26 @@ class MultiHeadAttention(nn.Module):
         if cache is not None and cache.k is not None and cache.k.shape[0] != b:
             raise ValueError(f"the KV cache holds batch size {cache.k.shape[0]}, got input of batch size {b} "
                              "(use a new cache, or cache.reorder for beam search)")
+        if segment_ids is not None and (cache is not None or self.kernel == "linear"):
+            raise ValueError("segment_ids (packed rows) need softmax attention without a KV cache, got "
+                             f"kernel={self.kernel!r}, cache={'set' if cache is not None else None}")
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
         causal: bool = False, score_bias: Tensor | None = None, cache: KVCache | None = None,
-        need_weights: bool = False,
+        need_weights: bool = False, segment_ids: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from x (b, n, c) to itself, or to ``context`` (b, m, kv_dim) for cross-attention.
 
         mask: boolean True = may attend, broadcastable to (b, h, n, m), e.g. a key-padding mask
         shaped (b, 1, 1, m). score_bias: additive float bias on the scores (T5 relative
         positions), broadcastable to (b, h, n, m) — not the projections' ``bias`` flag of ``__init__``.
-        Returns (out (b, n, c), weights (b, h, n, m) or None).
+        segment_ids: packed rows, (query ids (b, n), key ids (b, m)): query i may attend key j only when the
+        ids are equal (AND-ed with mask and causal; the backends take them directly, no (n, m) mask); RoPE
+        positions restart in every segment. Returns (out (b, n, c), weights (b, h, n, m) or None).
         """
         is_self = context is None  # decided once: cross-attention (to `context`) has no causal, window or ALiBi
-        self._check_inputs(x, context, cache)
+        self._check_inputs(x, context, cache, segment_ids)
         b, n, c = x.shape
         q = self._split(self.q_proj(x), self.num_heads)  # (b, h, n, d)
         if context is not None:  # (not is_self, spelled so for the type checker) keys/values from the source, once
@@ -166,7 +173,8 @@ class MultiHeadAttention(nn.Module):
             k = self._split(self.k_proj(x), self.num_kv_heads)  # (b, g, n, d)
             v = self._split(self.v_proj(x), self.num_kv_heads)
             if self.rope is not None:
-                q, k = self.rope(q, offset), self.rope(k, offset)
+                pos = segment_positions(segment_ids[0]) if segment_ids is not None else None  # (b, n)
+                q, k = self.rope(q, offset, pos), self.rope(k, offset, pos)
             if cache is not None:
                 k, v = cache.append(k, v)  # (b, g, t, d)
         if score_bias is not None:
@@ -188,7 +196,7 @@ class MultiHeadAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             window=self.window if is_self else None,
             alibi_slopes=self.alibi_slopes if is_self else None,
-            backend=self.backend, return_weights=need_weights,
+            backend=self.backend, return_weights=need_weights, segment_ids=segment_ids,
         )
         out, weights = result if need_weights else (result, None)
         out = out.transpose(1, 2).reshape(b, n, c)  # (b, n, c)

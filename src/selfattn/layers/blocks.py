@@ -74,11 +74,14 @@ class EncoderLayer(nn.Module):
         self.sub_ff = _Residual(s)
 
     def forward(self, x: Tensor, *, mask: Tensor | None = None, score_bias: Tensor | None = None,
-                causal: bool = False, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x (b, n, c); mask True = may attend (e.g. key padding (b, 1, 1, n)); score_bias additive (T5)."""
+                causal: bool = False, need_weights: bool = False,
+                segment_ids: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """x (b, n, c); mask True = may attend (e.g. key padding (b, 1, 1, n)); score_bias additive (T5);
+        segment_ids (b, n) of packed rows: attention stays inside each segment."""
+        seg = (segment_ids, segment_ids) if segment_ids is not None else None
         x, weights = self.sub_attn(
             x, lambda h: self.self_attn(h, mask=mask, score_bias=score_bias, causal=causal,
-                                       need_weights=need_weights)
+                                       need_weights=need_weights, segment_ids=seg)
         )
         x, _ = self.sub_ff(x, self.ff)
         return x, weights
@@ -108,14 +111,18 @@ class DecoderLayer(nn.Module):
         self, x: Tensor, memory: Tensor | None = None, *, self_mask: Tensor | None = None,
         memory_mask: Tensor | None = None, score_bias: Tensor | None = None,
         cache: DecoderLayerCache | None = None, need_weights: bool = False,
+        segment_ids: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, tuple[Tensor | None, Tensor | None]]:
         """x (b, n, c) targets; memory (b, m, c) encoder output. Self-attention is causal.
 
+        segment_ids: packed rows, (target ids (b, n), memory ids (b, m)); self-attention stays inside a target
+        segment, cross-attention goes to the source segment with the same id.
         Returns x and (self-attention weights, cross-attention weights) when ``need_weights``.
         """
         x, w_self = self.sub_self(x, lambda h: self.self_attn(
             h, mask=self_mask, score_bias=score_bias, causal=True, need_weights=need_weights,
             cache=cache.self_attn if cache is not None else None,
+            segment_ids=(segment_ids[0], segment_ids[0]) if segment_ids is not None else None,
         ))
         w_cross = None
         if self.cross_attn is not None:
@@ -126,7 +133,7 @@ class DecoderLayer(nn.Module):
                 raise ValueError("a decoder layer with cross-attention needs its residual sublayer")
             x, w_cross = self.sub_cross(x, lambda h: cross_attn(
                 h, memory if memory is not None else h, mask=memory_mask, need_weights=need_weights,
-                cache=cache.cross_attn if cache is not None else None,
+                cache=cache.cross_attn if cache is not None else None, segment_ids=segment_ids,
             ))
         x, _ = self.sub_ff(x, self.ff)
         return x, (w_self, w_cross)

@@ -9,6 +9,7 @@ synchronisation and traces (torch.compile / torch.export) to one graph for every
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
@@ -31,6 +32,13 @@ def _padding(tokens: Tensor, given: Tensor | None, pad_id: int | None) -> Tensor
     if pad_id is None:
         return None
     return tokens != pad_id  # (b, n) True = real token
+
+
+def _segments(ids: Tensor | None, tokens: Tensor, name: str) -> Tensor | None:
+    if ids is not None and (ids.shape != tokens.shape or ids.dtype not in (torch.int64, torch.int32)):
+        raise ValueError(f"{name} segment ids must be integers shaped like the tokens {tuple(tokens.shape)}, "
+                         f"got {ids.dtype} {tuple(ids.shape)}")
+    return ids
 
 
 class _Base(nn.Module):
@@ -61,33 +69,49 @@ class Transformer(_Base):
         if cfg.share_embeddings:
             self.output.weight = self.tgt_embed.token.weight  # tied (§3.4)
 
-    def encode(self, src: Tensor, src_padding: Tensor | None = None, *, need_weights: bool = False
-               ) -> tuple[Tensor, Tensor | None, list[Tensor | None]]:
-        """src (b, m) -> memory (b, m, c), memory mask (b, 1, 1, m) or None, per-layer weights."""
+    def encode(self, src: Tensor, src_padding: Tensor | None = None, *, need_weights: bool = False,
+               segment_ids: Tensor | None = None) -> tuple[Tensor, Tensor | None, list[Tensor | None]]:
+        """src (b, m) -> memory (b, m, c), memory mask (b, 1, 1, m) or None, per-layer weights.
+
+        segment_ids: (b, m) source segment ids of packed rows (see the module docstring)."""
+        seg = _segments(segment_ids, src, "source")
         mask = key_mask(_padding(src, src_padding, self.cfg.pad_id))
-        memory, weights = self.encoder(self.src_embed(src), mask, need_weights=need_weights)
+        memory, weights = self.encoder(self.src_embed(src, segment_ids=seg), mask, need_weights=need_weights,
+                                       segment_ids=seg)
         return memory, mask, weights
 
     def decode(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor | None = None, *,
                tgt_padding: Tensor | None = None, cache: DecoderCache | None = None,
-               need_weights: bool = False) -> tuple[Tensor, list[tuple[Tensor | None, Tensor | None]]]:
+               need_weights: bool = False, segment_ids: tuple[Tensor, Tensor] | None = None,
+               ) -> tuple[Tensor, list[tuple[Tensor | None, Tensor | None]]]:
         """tgt (b, n) -> logits (b, n, V) and per-layer (self, cross) weights.
 
         With ``cache`` pass only the new target positions; keys/values of earlier ones are reused.
+        segment_ids: packed rows, (target ids (b, n), source ids (b, m)) — no cache then.
         """
         offset = cache.offset if cache is not None else 0
+        if segment_ids is not None:
+            _segments(segment_ids[0], tgt, "target")
+            _segments(segment_ids[1], memory[..., 0], "source")
         self_mask = key_mask(_padding(tgt, tgt_padding, self.cfg.pad_id)) if cache is None else None
-        x = self.tgt_embed(tgt, offset=offset)  # (b, n, c)
+        x = self.tgt_embed(tgt, offset=offset, segment_ids=segment_ids[0] if segment_ids is not None else None)
         x, weights = self.decoder(x, memory, self_mask=self_mask, memory_mask=memory_mask,
-                                  cache=cache, need_weights=need_weights)
+                                  cache=cache, need_weights=need_weights, segment_ids=segment_ids)
         logits: Tensor = self.output(x)  # (b, n, V)
         return logits, weights
 
     def forward(self, src: Tensor, tgt: Tensor, src_padding: Tensor | None = None,
-                tgt_padding: Tensor | None = None) -> Tensor:
-        """Teacher-forced logits (b, n, V) for targets ``tgt`` given sources ``src``."""
-        memory, mask, _ = self.encode(src, src_padding)
-        logits, _ = self.decode(tgt, memory, mask, tgt_padding=tgt_padding)
+                tgt_padding: Tensor | None = None, *, segment_ids: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Teacher-forced logits (b, n, V) for targets ``tgt`` given sources ``src``.
+
+        segment_ids: packed rows (several pairs a row), (source ids (b, m), target ids (b, n)): each pair gets
+        the logits it gets alone (attention stays inside its pair, positions restart per pair).
+        """
+        src_seg, tgt_seg = segment_ids if segment_ids is not None else (None, None)
+        memory, mask, _ = self.encode(src, src_padding, segment_ids=src_seg)
+        logits, _ = self.decode(tgt, memory, mask, tgt_padding=tgt_padding,
+                                segment_ids=(tgt_seg, src_seg) if tgt_seg is not None and src_seg is not None
+                                else None)
         return logits
 
     def new_cache(self) -> DecoderCache:

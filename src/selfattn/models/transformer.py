@@ -4,7 +4,9 @@ Legend: b batch, m source length, n target length, c model dim, V vocabulary.
 Data flow (encoder–decoder): src tokens (b, m) -> Embeddings -> Encoder -> memory (b, m, c);
 tgt tokens (b, n) -> Embeddings -> Decoder(memory) -> (b, n, c) -> output projection -> logits (b, n, V).
 Padding masks given to the models are (b, length) booleans, **True = real token (may be attended)**;
-they become key masks (b, 1, 1, length) for the attention layers.
+they become key masks (b, 1, 1, length) for the attention layers. Packed rows add segment ids (b, length)
+(:mod:`selfattn.data.packing`: 1, 2, ... per pair, 0 = padding): every attention stays inside its segment and
+absolute positions restart at 0 in each one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..data.packing import segment_positions
 from ..layers.attention import KVCache
 from ..layers.blocks import DecoderLayer, DecoderLayerCache, EncoderLayer
 from ..layers.dropout import Dropout
@@ -64,7 +67,7 @@ class Embeddings(nn.Module):
         super().__init__()
         self.token = token if token is not None else nn.Embedding(vocab_size, cfg.d_model)
         self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
-        self.positions: nn.Module | None = None
+        self.positions: SinusoidalPositions | LearnedPositions | None = None
         if cfg.positional == "sinusoidal":
             self.positions = SinusoidalPositions(cfg.d_model, cfg.max_len)
         elif cfg.positional == "learned":
@@ -73,13 +76,19 @@ class Embeddings(nn.Module):
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.embed_norm else None
         self.dropout = Dropout(cfg.dropout)  # a cheap mask, not bernoulli_ (layers/dropout.py)
 
-    def forward(self, tokens: Tensor, offset: int = 0, token_types: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, offset: int = 0, token_types: Tensor | None = None,
+                segment_ids: Tensor | None = None) -> Tensor:
+        """tokens (b, n) -> (b, n, c); ``segment_ids`` (b, n): positions count from 0 in every segment."""
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be integer ids shaped (B, N), got {tokens.dtype} {tuple(tokens.shape)}")
         if self.check_ids and not torch.compiler.is_compiling():
             check_token_ids(tokens, self.token.num_embeddings)
         x = self.token(tokens) * self.scale  # (b, n, c)
-        if self.positions is not None:
+        if self.positions is not None and segment_ids is not None:
+            if offset:
+                raise ValueError(f"segment_ids (packed rows) start at position 0, got offset {offset}")
+            x = x + self.positions.at(segment_positions(segment_ids)).to(x.dtype)  # (b, n, c)
+        elif self.positions is not None:
             x = x + self.positions(tokens.shape[1], offset).to(x.dtype)  # (n, c) broadcast over b
         if self.token_type is not None:
             types = torch.zeros_like(tokens) if token_types is None else token_types
@@ -108,12 +117,13 @@ class Encoder(nn.Module):
         self.rel_bias = T5RelativeBias(cfg.num_heads, bidirectional=True) if cfg.positional == "t5" else None
 
     def forward(self, x: Tensor, mask: Tensor | None = None, *, need_weights: bool = False,
-                causal: bool = False) -> tuple[Tensor, list[Tensor | None]]:
-        """x (b, m, c); mask True = may attend, e.g. :func:`key_mask` of the padding."""
+                causal: bool = False, segment_ids: Tensor | None = None) -> tuple[Tensor, list[Tensor | None]]:
+        """x (b, m, c); mask True = may attend, e.g. :func:`key_mask` of the padding; segment_ids (b, m)."""
         score_bias = self.rel_bias(x.shape[1], x.shape[1], x.device) if self.rel_bias is not None else None
         weights = []
         for layer in self.layers:
-            x, w = layer(x, mask=mask, score_bias=score_bias, causal=causal, need_weights=need_weights)
+            x, w = layer(x, mask=mask, score_bias=score_bias, causal=causal, need_weights=need_weights,
+                         segment_ids=segment_ids)
             weights.append(w)
         return (self.norm(x) if self.norm is not None else x), weights
 
@@ -149,15 +159,20 @@ class Decoder(nn.Module):
     def forward(
         self, x: Tensor, memory: Tensor | None = None, *, self_mask: Tensor | None = None,
         memory_mask: Tensor | None = None, cache: DecoderCache | None = None, need_weights: bool = False,
+        segment_ids: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, list[tuple[Tensor | None, Tensor | None]]]:
-        """x (b, n, c) embedded targets; memory (b, m, c). With ``cache``, x holds only new positions."""
+        """x (b, n, c) embedded targets; memory (b, m, c). With ``cache``, x holds only new positions.
+
+        segment_ids: packed rows, (target ids (b, n), memory ids (b, m)); for a decoder without
+        cross-attention the second is ignored (pass the target ids twice)."""
         n = x.shape[1]
         past = cache.offset if cache is not None else 0
         score_bias = self.rel_bias(n, past + n, x.device) if self.rel_bias is not None else None
         weights = []
         for i, layer in enumerate(self.layers):
             x, w = layer(x, memory, self_mask=self_mask, memory_mask=memory_mask, score_bias=score_bias,
-                         cache=cache.layers[i] if cache is not None else None, need_weights=need_weights)
+                         cache=cache.layers[i] if cache is not None else None, need_weights=need_weights,
+                         segment_ids=segment_ids)
             weights.append(w)
         if cache is not None:
             cache.offset += n

@@ -17,6 +17,8 @@ def forward_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Teacher-forced logits (b, n, V) for a seq2seq or LM batch."""
     if batch.src is None:
         return model(batch.tgt_in)
+    if batch.segment_ids is not None:  # packed rows (selfattn.data.packing)
+        return model(batch.src, batch.tgt_in, segment_ids=batch.segment_ids)
     return model(batch.src, batch.tgt_in)
 
 

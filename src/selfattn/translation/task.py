@@ -25,6 +25,7 @@ import torch
 
 from ..data.augment import AugmentConfig, augment_pair
 from ..data.batching import token_batches
+from ..data.packing import pack_first_fit, packed_seq2seq_batch, padding_fraction
 from ..data.parallel import ReadConfig, read_parallel, split_files
 from ..data.subword import BT_TAG, Subword, SubwordConfig, train_subword
 from ..data.tasks import seq2seq_batch
@@ -53,6 +54,9 @@ class TranslateConfig:
     synthetic: list[str] = field(default_factory=list)
     synthetic_ratio: float = 1.0  # synthetic pairs used per real pair (Sennrich et al.: ~1:1); 0 = all of them
     synthetic_tag: bool = True  # prepend BT_TAG to synthetic sources (Caswell et al. 2019: tagged BT)
+    # packed rows (issue #14 §3): several pairs share a row of this many tokens per side, with segment ids; a
+    # batch holds max_tokens // pack rows. 0 = one pair a row (length-sorted batches already pad little)
+    pack: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -62,6 +66,9 @@ class TranslateConfig:
                              "pair fits in a batch")
         if self.max_len < 1 or self.bleu_eval_size < 0:
             raise ValueError(f"need max_len >= 1 and bleu_eval_size >= 0, got {self.max_len}, {self.bleu_eval_size}")
+        if self.pack and not self.max_len + 1 <= self.pack <= self.max_tokens:
+            raise ValueError(f"pack (row capacity) must be 0 or in max_len + 1 .. max_tokens = {self.max_len + 1} .. "
+                             f"{self.max_tokens} so every kept pair fits a row, got {self.pack}")
         self.synthetic = [str(p) for p in self.synthetic]
         if len(self.synthetic) not in (0, 2) or self.synthetic_ratio < 0:
             raise ValueError("synthetic must be [source file, target file] and synthetic_ratio >= 0, got "
@@ -104,10 +111,25 @@ class TranslationTask:
         self.log(f"train: kept {self.num_real} pairs, {self.filtered_long} over {cfg.max_len} pieces filtered")
         if cfg.synthetic:
             self._add_synthetic(read_parallel(cfg.synthetic[0], cfg.synthetic[1], read))
-        g = torch.Generator().manual_seed(cfg.seed)
-        self.batches = token_batches([len(s) for s, _ in self.train_ids], [len(t) + 1 for _, t in self.train_ids],
-                                     cfg.max_tokens, generator=g)  # +1: bos / eos on the target side
+        self.batches = self._make_batches()
         self._eval: dict[str, tuple[list[str], list[str], list[tuple[list[int], list[int]]]]] = {}
+
+    def _make_batches(self) -> list[list[list[int]]]:
+        """Batches of rows of pair indices: one pair a row (length-sorted token batches), or packed rows."""
+        cfg, g = self.cfg, torch.Generator().manual_seed(self.cfg.seed)
+        src_lens, tgt_lens = [len(s) for s, _ in self.train_ids], [len(t) + 1 for _, t in self.train_ids]  # +1: bos/eos
+        if not cfg.pack:
+            return [[[i] for i in bt] for bt in token_batches(src_lens, tgt_lens, cfg.max_tokens, generator=g)]
+        rows = pack_first_fit(list(zip(src_lens, tgt_lens)), cfg.pack, cfg.pack, generator=g)
+        order = torch.randperm(len(rows), generator=g).tolist()  # rows mixed across batches
+        per = max(1, cfg.max_tokens // cfg.pack)
+        return [[rows[r] for r in order[i : i + per]] for i in range(0, len(order), per)]
+
+    def padding(self) -> dict[str, float]:
+        """Share of padded training positions per side ("src", "tgt"): every row padded to its batch's longest."""
+        lens = {"src": [len(s) for s, _ in self.train_ids], "tgt": [len(t) + 1 for _, t in self.train_ids]}
+        return {side: padding_fraction([[sum(n[i] for i in row) for row in bt] for bt in self.batches])
+                for side, n in lens.items()}
 
     def _encode(self, src: list[str], tgt: list[str], *, synthetic: bool = False):
         """(text pairs, id pairs) of the pairs whose sides have 1..max_len pieces; synthetic sources get the tag."""
@@ -140,10 +162,21 @@ class TranslationTask:
             pairs = self.eval_pairs(split)[2][:size]
             return seq2seq_batch(pairs, self.vocab)
         epoch, j = divmod(index, len(self.batches))
-        members = self.batches[self._epoch_order(epoch)[j]]
+        rows = self.batches[self._epoch_order(epoch)[j]]
+        pairs = self._train_pairs([i for row in rows for i in row], index)
+        if not self.cfg.pack:
+            return seq2seq_batch(pairs, self.vocab)
+        packed, k = [], 0
+        for row in rows:  # the (possibly augmented) pairs regrouped into their rows
+            packed.append(pairs[k : k + len(row)])
+            k += len(row)
+        return packed_seq2seq_batch(packed, self.vocab)
+
+    def _train_pairs(self, members: list[int], index: int) -> list[tuple[list[int], list[int]]]:
+        """The id pairs of training pairs ``members``, augmented (seeded by the batch ``index``) when asked."""
         aug = self.cfg.augment
         if not aug.active:
-            return seq2seq_batch([self.train_ids[i] for i in members], self.vocab)
+            return [self.train_ids[i] for i in members]
         g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + index * 104_729 + 17)
         sp = self.subword
         pairs = []
@@ -164,7 +197,7 @@ class TranslationTask:
             src, tgt = augment_pair(src, tgt, aug, word_starts=sp.word_starts(src), unk_id=sp.unk_id,
                                     vocab_low=4, vocab_high=len(sp), g=g)
             pairs.append((tag + src, tgt))
-        return seq2seq_batch(pairs, self.vocab)
+        return pairs
 
     def eval_pairs(self, split: str) -> tuple[list[str], list[str], list[tuple[list[int], list[int]]]]:
         """(source sentences, reference sentences, encoded pairs) of ``split`` ("val" or "test"), unfiltered."""

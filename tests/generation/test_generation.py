@@ -135,6 +135,23 @@ def test_beam_cached_equals_uncached():
     assert [[h.tokens for h in x] for x in a] == [[h.tokens for h in x] for x in b]
 
 
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_beam_batch_equals_each_input_alone(early_stopping):
+    """Inputs that finish early leave the batch; the others' beams, logprobs and n-best lists are unchanged."""
+    model = _encdec(torch.float64, vocab=6, seed=1)  # a small vocabulary: the stop token comes early or late
+    src = [[5, 3, 4, 5, 4, 3], [3], [4, 4, 4], [5, 5, 3, 4], [3, 3, 5, 4, 5]]
+    kw = dict(beam_size=3, max_new_tokens=9, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD, num_return=3,
+              early_stopping=early_stopping, length_alpha=0.6)
+    batched = beam_search(model, src=src, **kw)
+    alone = [beam_search(model, src=[s], **kw)[0] for s in src]
+    assert [[h.tokens for h in x] for x in batched] == [[h.tokens for h in x] for x in alone]
+    for x, y in zip(batched, alone):
+        for h, g in zip(x, y):
+            assert math.isclose(h.logprob, g.logprob, rel_tol=1e-9, abs_tol=1e-12)
+    last = {max(len(h.tokens) for h in x) for x in batched}  # the step each input left the batch
+    assert len(last) > 1, "the case must have inputs finishing at different steps"
+
+
 def test_filter_logits_matches_definitions():
     torch.manual_seed(0)
     logits = torch.randn(4, 30)

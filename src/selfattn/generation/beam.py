@@ -40,7 +40,10 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
                 length_alpha: float = 0.6, early_stopping: bool = True, num_return: int = 1,
                 bos_id: int | None = None, stop_tokens: Sequence[int] = (), pad_id: int | None = None,
                 use_cache: bool = True, banned: Sequence[int] | None = None) -> list[list[Hypothesis]]:
-    """The ``num_return`` best hypotheses (best first) for each input. LM prompts must share one length."""
+    """The ``num_return`` best hypotheses (best first) for each input. LM prompts must share one length.
+
+    Inputs that are done leave the batch (their rows are no longer computed); the beams of the others are
+    reordered within their own input, so the encoder memory and cross-attention keys/values stay in place."""
     k = beam_size
     if k < 1 or not 1 <= num_return <= k:
         raise ValueError(f"need beam_size >= 1 and 1 <= num_return <= beam_size, got {beam_size}, {num_return}")
@@ -49,55 +52,81 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
     banned = [i for i in (pad_id, bos_id) if i is not None] if banned is None else list(banned)
     src_t, src_pad, prefix = _prepare(model, src, prompt, bos_id, pad_id)
     b = prefix.shape[0]
-    expand = torch.arange(b).repeat_interleave(k)  # (b*k,) row -> input
     session = _Session(model, src_t, prefix, use_cache, src_pad)
-    session.reorder(expand)  # encode once, then copy memory and prefix for every beam
-    stops = set(stop_tokens)
-    filler = pad_id if pad_id is not None else 0
-    scores = torch.full((b, k), float("-inf"), dtype=torch.float64)
-    scores[:, 0] = 0.0  # one live hypothesis at the start, so the first step has no duplicates
-    seqs: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(b)]
-    finished: list[list[Hypothesis]] = [[] for _ in range(b)]
-    done = [False] * b
+    session.reorder(torch.arange(b).repeat_interleave(k))  # (b*k,): encode once, copy memory for every beam
+    beams = _Beams(b, k, set(stop_tokens), length_alpha, early_stopping, max_new_tokens)
     for step in range(max_new_tokens):
-        logp = _ban(session.logits().log_softmax(-1), banned)  # (b*k, V)
-        V = logp.shape[-1]
-        cand = (scores.view(b * k, 1) + logp.cpu().double()).view(b, k * V)  # (b, k*V)
-        top_s, top_i = cand.topk(min(2 * k, k * V), dim=1)  # (b, 2k)
-        next_rows, next_tok = torch.zeros(b * k, dtype=torch.long), torch.full((b * k,), filler)
-        new_scores = torch.full((b, k), float("-inf"), dtype=torch.float64)
-        new_seqs: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(b)]
-        for i in range(b):
-            next_rows[i * k : (i + 1) * k] = i * k
-            if done[i]:
-                continue
-            live = 0
-            for rank, (s, flat) in enumerate(zip(top_s[i].tolist(), top_i[i].tolist())):
-                if s == float("-inf") or live == k:
-                    break
-                beam, tok = divmod(flat, V)
-                tokens = seqs[i][beam] + [tok]
-                if tok in stops:
-                    if rank < k:
-                        finished[i].append(Hypothesis(tokens, s, s / length_penalty(len(tokens), length_alpha)))
-                    continue
-                new_scores[i, live], new_seqs[i][live] = s, tokens
-                next_rows[i * k + live], next_tok[i * k + live] = i * k + beam, tok
-                live += 1
-            done[i] = _is_done(finished[i], new_scores[i], k, early_stopping, length_alpha, max_new_tokens,
-                               step + 1)
-        scores, seqs = new_scores, new_seqs
-        if all(done):
+        logp = _ban(session.logits().log_softmax(-1), banned)  # (a*k, V), a = inputs still decoding
+        w = min(2 * k, logp.shape[-1])
+        # the best 2k continuations of the whole input lie among the best 2k of each of its beams
+        top_lp, top_tok = logp.topk(w, dim=-1)  # (a*k, w)
+        rows, tokens = beams.advance(top_lp.cpu().double(), top_tok.cpu(), step + 1)
+        if not beams.active:
             break
-        session.reorder(next_rows)
-        session.append(next_tok)
-    for i in range(b):  # hypotheses still alive at max length count as finished
-        if not done[i]:
-            for j in range(k):
-                s = float(scores[i, j])
+        rows_t = torch.tensor(rows, dtype=torch.long, device=session.tokens.device)
+        session.reorder(rows_t, same_source=not beams.shrank)
+        session.append(torch.tensor(tokens, dtype=torch.long, device=session.tokens.device))
+    return beams.results(num_return)
+
+
+class _Beams:
+    """The k live hypotheses of each input still decoding (``active``), and the finished ones."""
+
+    def __init__(self, b: int, k: int, stops: set[int], alpha: float, early_stopping: bool, max_len: int):
+        self.k, self.stops, self.alpha, self.early, self.max_len = k, stops, alpha, early_stopping, max_len
+        self.active = list(range(b))  # input ids; rows [j*k, (j+1)*k) of the session belong to active[j]
+        self.scores = torch.full((b, k), float("-inf"), dtype=torch.float64)  # (a, k) log-probabilities
+        self.scores[:, 0] = 0.0  # one live hypothesis at the start, so the first step has no duplicates
+        self.seqs: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(b)]
+        self.finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+        self.shrank = False
+
+    def advance(self, top_lp: Tensor, top_tok: Tensor, cur_len: int) -> tuple[list[int], list[int]]:
+        """top_lp, top_tok (a*k, w): each live beam's best continuations. -> (session rows to keep, their
+        next tokens) for the inputs still decoding afterwards; ``shrank`` says whether some input left."""
+        a, k, w = len(self.active), self.k, top_lp.shape[-1]
+        cand = (self.scores.view(a * k, 1) + top_lp).view(a, k * w)  # (a, k*w)
+        top_s, top_i = cand.topk(min(2 * k, k * w), dim=1)  # (a, 2k)
+        toks = top_tok.view(a, k * w).gather(1, top_i).tolist()  # (a, 2k) the candidates' token ids
+        keep, rows, tokens, scores, seqs = [], [], [], [], []
+        for j, (ss, flats, tks) in enumerate(zip(top_s.tolist(), top_i.tolist(), toks)):
+            i, row_s, row_q, row_r, row_t = self.active[j], [], [], [], []
+            for rank, (s, flat, tok) in enumerate(zip(ss, flats, tks)):
+                if s == float("-inf") or len(row_s) == k:
+                    break
+                tokens_so_far = self.seqs[j][flat // w] + [tok]
+                if tok in self.stops:
+                    if rank < k:
+                        self.finished[i].append(self._hyp(tokens_so_far, s))
+                    continue
+                row_s.append(s)
+                row_q.append(tokens_so_far)
+                row_r.append(j * k + flat // w)
+                row_t.append(tok)
+            live = torch.tensor(row_s + [float("-inf")] * (k - len(row_s)), dtype=torch.float64)  # (k,)
+            if _is_done(self.finished[i], live, k, self.early, self.alpha, self.max_len, cur_len):
+                continue
+            pad = k - len(row_s)  # fewer than k live candidates: repeat the first row (its score is -inf)
+            keep.append(i)
+            scores.append(live)
+            seqs.append(row_q + [[] for _ in range(pad)])
+            rows += row_r + [row_r[0]] * pad
+            tokens += row_t + [row_t[0]] * pad
+        self.shrank = len(keep) < a
+        self.active, self.seqs = keep, seqs
+        self.scores = torch.stack(scores) if scores else self.scores[:0]
+        return rows, tokens
+
+    def _hyp(self, tokens: list[int], logprob: float) -> Hypothesis:
+        return Hypothesis(tokens, logprob, logprob / length_penalty(len(tokens), self.alpha))
+
+    def results(self, num_return: int) -> list[list[Hypothesis]]:
+        """Hypotheses still alive at max length count as finished."""
+        for j, i in enumerate(self.active):
+            for s, tokens in zip(self.scores[j].tolist(), self.seqs[j]):
                 if s > float("-inf"):
-                    finished[i].append(Hypothesis(seqs[i][j], s, s / length_penalty(len(seqs[i][j]), length_alpha)))
-    return [sorted(f, key=lambda h: -h.score)[:num_return] for f in finished]
+                    self.finished[i].append(self._hyp(tokens, s))
+        return [sorted(f, key=lambda h: -h.score)[:num_return] for f in self.finished]
 
 
 def _is_done(finished: list[Hypothesis], live_scores: Tensor, k: int, early_stopping: bool, alpha: float,

@@ -59,14 +59,16 @@ class _Session:
         self.tokens = torch.cat([self.tokens, new[:, None]], dim=1)  # (b, t+1)
         self.pending = new[:, None]  # (b, 1)
 
-    def reorder(self, index: Tensor) -> None:
+    def reorder(self, index: Tensor, *, same_source: bool = False) -> None:
+        """Keep rows ``index``. ``same_source``: each row keeps a row of the same input (beams of one input),
+        so the encoder memory, its mask and the cross-attention keys/values, equal across those rows, stay."""
         self.tokens = self.tokens.index_select(0, index)
         self.pending = self.pending.index_select(0, index)
-        if self.encdec:
+        if self.encdec and not same_source:
             self.memory = self.memory.index_select(0, index)
             self.mask = self.mask.index_select(0, index) if self.mask is not None else None
         if self.cache is not None:
-            self.cache.reorder(index)
+            self.cache.reorder(index, cross=not same_source)
 
 
 def _prepare(model, src, prompt, bos_id, pad_id):

@@ -135,10 +135,13 @@ class DecoderCache:
     layers: list[DecoderLayerCache]
     offset: int = 0
 
-    def reorder(self, index: Tensor) -> None:
+    def reorder(self, index: Tensor, *, cross: bool = True) -> None:
+        """Keep batch rows ``index`` (beam search). ``cross=False`` leaves the cross-attention keys/values
+        as they are: right when every row keeps a row of the same source (beams of one input share them)."""
         for c in self.layers:
             c.self_attn.reorder(index)
-            c.cross_attn.reorder(index)
+            if cross:
+                c.cross_attn.reorder(index)
 
 
 class Decoder(nn.Module):

@@ -91,13 +91,20 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
             break
         session.reorder(next_rows)
         session.append(next_tok)
-    for i in range(b):  # hypotheses still alive at max length count as finished
+    _finish_live(finished, scores, seqs, done, length_alpha)
+    return [sorted(f, key=lambda h: -h.score)[:num_return] for f in finished]
+
+
+def _finish_live(finished: list[list[Hypothesis]], scores: Tensor, seqs: list[list[list[int]]], done: list[bool],
+                 alpha: float) -> None:
+    """File the hypotheses still alive at max length (scores (b, k) > -inf) as finished, for inputs not done."""
+    b, k = scores.shape
+    for i in range(b):
         if not done[i]:
             for j in range(k):
                 s = float(scores[i, j])
                 if s > float("-inf"):
-                    finished[i].append(Hypothesis(seqs[i][j], s, s / length_penalty(len(seqs[i][j]), length_alpha)))
-    return [sorted(f, key=lambda h: -h.score)[:num_return] for f in finished]
+                    finished[i].append(Hypothesis(seqs[i][j], s, s / length_penalty(len(seqs[i][j]), alpha)))
 
 
 def _is_done(finished: list[Hypothesis], live_scores: Tensor, k: int, early_stopping: bool, alpha: float,

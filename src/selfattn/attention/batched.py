@@ -30,8 +30,9 @@ import torch
 from torch import Tensor
 
 from .cpu_kernel import cpu_flags
+from .guards import all_finite, bias_is_finite, empty_result, is_empty, logits_may_overflow
 from .math_backend import math_attention, score_bias_and_mask
-from .spec import AttentionCall, all_finite, bias_is_finite, empty_result, is_empty, logits_may_overflow
+from .spec import AttentionCall
 
 # The measured policy (benchmarks/results/attention_training_shapes.md: d 32, b*h 256-1024, no mask / causal /
 # key padding, AVX-512 BF16 EPYC, 1 thread). Longest sequence (max of queries, keys) "auto" sends here:

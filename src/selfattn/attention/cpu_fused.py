@@ -27,18 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu_kernel
+from .guards import all_finite, empty_result, is_empty
 from .kernel_abi import Kernel
 from .math_backend import math_attention
 from .registry import BackendUnavailable
-from .spec import (
-    AttentionCall,
-    all_finite,
-    empty_result,
-    is_empty,
-    key_padding_kernel_declines,
-    key_padding_rows,
-    window_sides,
-)
+from .spec import AttentionCall, key_padding_kernel_declines, key_padding_rows, window_sides
 
 _UNLIMITED = 1 << 40  # a window side of None
 _LOG2E = 1.4426950408889634

@@ -39,8 +39,9 @@ from torch import Tensor
 
 from .flash_plan import Plan, blocks, make_plan
 from .flash_plan import scores as _scores
+from .guards import all_finite, bias_is_finite, empty_result, is_empty, tracing
 from .math_backend import math_attention
-from .spec import AttentionCall, all_finite, bias_is_finite, empty_result, is_empty, tracing, window_sides
+from .spec import AttentionCall, window_sides
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .spec import AttentionCall, alibi_bias, empty_result, is_empty, merge_segments, structural_mask, tracing
+from .guards import empty_result, is_empty, tracing
+from .spec import AttentionCall, alibi_bias, merge_segments, structural_mask
 
 _NEG_INF = float("-inf")
 

@@ -316,14 +316,20 @@ def attention(
                          segment_ids=segment_ids)
     kwargs: dict[str, Any] = dict(mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=call.window,
                   alibi_slopes=alibi_slopes, return_weights=return_weights)
+    out, weights = _dispatch(call, backend, q, k, v, segment_ids, kwargs)
+    return (out, weights) if return_weights else out
+
+
+def _dispatch(call: AttentionCall, backend: str, q: Tensor, k: Tensor, v: Tensor,
+              segment_ids: tuple[Tensor, Tensor] | None, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+    """Run the backend that serves ``call``: the cached decision, or under torch.compile the trace-time one.
+    An ``"auto"`` call whose backend raises :class:`BackendUnavailable` forgets its decisions and decides again."""
     if torch.compiler.is_compiling():  # decided at trace time, outside the graph, as a constant
-        out, weights = BACKENDS[_decide_while_tracing(call, backend)].run(q, k, v, segment_ids, **kwargs)
-        return (out, weights) if return_weights else out
+        return BACKENDS[_decide_while_tracing(call, backend)].run(q, k, v, segment_ids, **kwargs)
     try:
-        out, weights = BACKENDS[BACKENDS.decide(call, backend)].run(q, k, v, segment_ids, **kwargs)
+        return BACKENDS[BACKENDS.decide(call, backend)].run(q, k, v, segment_ids, **kwargs)
     except BackendUnavailable:
         if backend != "auto":
             raise
         BACKENDS.forget_decisions()  # the backend's supports() now says why not
-        out, weights = BACKENDS[BACKENDS.decide(call, backend)].run(q, k, v, segment_ids, **kwargs)
-    return (out, weights) if return_weights else out
+        return BACKENDS[BACKENDS.decide(call, backend)].run(q, k, v, segment_ids, **kwargs)

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .guards import all_finite, bias_is_finite, empty_result, is_empty, logits_may_overflow
 from .math_backend import math_attention, score_bias_and_mask
-from .spec import AttentionCall, all_finite, bias_is_finite, empty_result, is_empty, logits_may_overflow
+from .spec import AttentionCall
 
 
 def torch_attention(

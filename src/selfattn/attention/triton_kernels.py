@@ -186,6 +186,31 @@ def attn_fwd(
 
 
 @triton.jit
+def _bwd_dkdv_block(k, v, dk, dv, q_base, do_base, lse_ptr, delta_ptr, pad_ptr, offs_m, offs_n, offs_d, offs_e,
+                    sqn, sdon, NQ, NK, D, E, qk_scale, LEFT, RIGHT, HAS_LEFT: tl.constexpr,
+                    HAS_RIGHT: tl.constexpr, HAS_PAD: tl.constexpr, UPCAST: tl.constexpr):
+    """One query block of the dK, dV backward, on transposed (keys x queries) tiles; returns dk, dv."""
+    q = tl.load(q_base + offs_m[:, None] * sqn + offs_d[None, :],
+                mask=(offs_m[:, None] < NQ) & (offs_d[None, :] < D), other=0.0)  # (BM, BD)
+    do = tl.load(do_base + offs_m[:, None] * sdon + offs_e[None, :],
+                 mask=(offs_m[:, None] < NQ) & (offs_e[None, :] < E), other=0.0)  # (BM, BE)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse = tl.load(lse_ptr + offs_m, mask=offs_m < NQ, other=float("inf"))
+    delta = tl.load(delta_ptr + offs_m, mask=offs_m < NQ, other=0.0)
+    st = tl.dot(k, tl.trans(q)) * qk_scale  # (BN, BM)
+    ok = tl.trans(_allowed(offs_m, offs_n, pad_ptr, NQ, NK, LEFT, RIGHT,
+                           HAS_LEFT, HAS_RIGHT, HAS_PAD))  # (BN, BM)
+    pt = tl.where(ok, tl.exp2(st - lse[None, :]), 0.0)
+    dv += tl.dot(pt.to(do.dtype), do)
+    dpt = tl.dot(v, tl.trans(do))  # (BN, BM)
+    dst = pt * (dpt - delta[None, :])
+    dk += tl.dot(dst.to(q.dtype), q)
+    return dk, dv
+
+
+@triton.jit
 def attn_bwd_dkdv(
     Q, K, V, DO, LSE, DELTA, DK, DV, PAD,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdon,
@@ -225,24 +250,9 @@ def attn_bwd_dkdv(
         do_base = DO + b * sdob + h * sdoh
         row_base = (b * H + h) * NQ  # LSE, DELTA are (b, h, n) contiguous
         for start_m in range(lo, hi, BLOCK_M):
-            offs_m = start_m + offs_m0
-            q = tl.load(q_base + offs_m[:, None] * sqn + offs_d[None, :],
-                        mask=(offs_m[:, None] < NQ) & (offs_d[None, :] < D), other=0.0)  # (BM, BD)
-            do = tl.load(do_base + offs_m[:, None] * sdon + offs_e[None, :],
-                         mask=(offs_m[:, None] < NQ) & (offs_e[None, :] < E), other=0.0)  # (BM, BE)
-            if UPCAST:
-                q = q.to(tl.float32)
-                do = do.to(tl.float32)
-            lse = tl.load(LSE + row_base + offs_m, mask=offs_m < NQ, other=float("inf"))
-            delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < NQ, other=0.0)
-            st = tl.dot(k, tl.trans(q)) * qk_scale  # (BN, BM)
-            ok = tl.trans(_allowed(offs_m, offs_n, pad_ptr, NQ, NK, LEFT, RIGHT,
-                                   HAS_LEFT, HAS_RIGHT, HAS_PAD))  # (BN, BM)
-            pt = tl.where(ok, tl.exp2(st - lse[None, :]), 0.0)
-            dv += tl.dot(pt.to(do.dtype), do)
-            dpt = tl.dot(v, tl.trans(do))  # (BN, BM)
-            dst = pt * (dpt - delta[None, :])
-            dk += tl.dot(dst.to(q.dtype), q)
+            dk, dv = _bwd_dkdv_block(k, v, dk, dv, q_base, do_base, LSE + row_base, DELTA + row_base, pad_ptr,
+                                     start_m + offs_m0, offs_n, offs_d, offs_e, sqn, sdon, NQ, NK, D, E,
+                                     qk_scale, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT, HAS_PAD, UPCAST)
     dk = dk * sm_scale
     tl.store(DK + b * sdkb + g * sdkh + offs_n[:, None] * sdkn + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=(offs_n[:, None] < NK) & (offs_d[None, :] < D))

@@ -152,6 +152,16 @@ def test_beam_batch_equals_each_input_alone(early_stopping):
     assert len(last) > 1, "the case must have inputs finishing at different steps"
 
 
+def test_greedy_batch_equals_each_input_alone():
+    """Inputs that produced the stop token leave the batch; the others decode on unchanged."""
+    model = _encdec(torch.float64, vocab=6, seed=0)
+    src = [[5, 3, 4, 5, 4, 3], [3], [4, 4, 4], [5, 5, 3, 4], [3, 3, 5, 4, 5], [4]]
+    kw = dict(max_new_tokens=9, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD)
+    batched = greedy(model, src=src, **kw)
+    assert batched == [greedy(model, src=[s], **kw)[0] for s in src]
+    assert len({len(o) for o in batched}) > 1, "the case must have inputs finishing at different steps"
+
+
 def test_filter_logits_matches_definitions():
     torch.manual_seed(0)
     logits = torch.randn(4, 30)

@@ -128,23 +128,26 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
 @torch.no_grad()
 def _decode_loop(model, src, prompt, *, max_new_tokens, bos_id, stop_tokens, pad_id, use_cache, choose,
                  banned) -> list[list[int]]:
+    """One token per step for every input still decoding; an input that produced a stop token leaves the
+    batch (its rows are no longer computed)."""
     src_t, src_pad, prefix = _prepare(model, src, prompt, bos_id, pad_id)
     session = _Session(model, src_t, prefix, use_cache, src_pad)
-    b = prefix.shape[0]
-    done = torch.zeros(b, dtype=torch.bool)
-    stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long)
-    filler = pad_id if pad_id is not None else (stop_tokens[0] if stop_tokens else 0)
-    outputs: list[list[int]] = [[] for _ in range(b)]
+    active = list(range(prefix.shape[0]))  # session row j decodes input active[j]
+    stops = set(stop_tokens)
+    outputs: list[list[int]] = [[] for _ in active]
     for _ in range(max_new_tokens):
-        logits = _ban(session.logits(), banned)  # (b, V)
-        new = choose(logits)  # (b,)
-        new = torch.where(done.to(new.device), torch.full_like(new, filler), new)
-        for i in (~done).nonzero().flatten().tolist():
-            outputs[i].append(int(new[i]))
-        if len(stops):
-            done |= torch.isin(new.cpu(), stops)
-        if bool(done.all()):
+        new = choose(_ban(session.logits(), banned))  # (a,)
+        keep = []
+        for j, tok in enumerate(new.tolist()):
+            outputs[active[j]].append(tok)
+            if tok not in stops:
+                keep.append(j)
+        if not keep:
             break
+        if len(keep) < len(active):
+            rows = torch.tensor(keep, dtype=torch.long, device=new.device)
+            session.reorder(rows)
+            new, active = new.index_select(0, rows), [active[j] for j in keep]
         session.append(new)
     return outputs
 

@@ -13,7 +13,8 @@ import torch
 import selfattn
 from selfattn.attention import BACKENDS
 from selfattn.attention.spec import validate_call
-from selfattn.layers.attention import KVCache, MultiHeadAttention
+from selfattn.layers.attention import MultiHeadAttention
+from selfattn.layers.kv_cache import KVCache
 from selfattn.models.config import ModelConfig
 from selfattn.models.transformer import Embeddings
 

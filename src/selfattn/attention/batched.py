@@ -114,8 +114,9 @@ def batched_attention(
     """Exact attention by batched matmuls. Returns ``(out (b, h, n, e), weights (b, h, n, m) or None)``."""
     if is_empty(q, k):
         return empty_result(q, k, v), None
-    if not all_finite(q, k, v) or not bias_is_finite(mask) or logits_may_overflow(q, k):
-        # the rule for NaN/inf inputs and overflowing logits lives in the reference (math_backend)
+    if logits_may_overflow(q, k) or not all_finite(v) or not bias_is_finite(mask):
+        # a NaN/inf in q or k, overflowing logits, a NaN/inf in v or a NaN/+inf bias: the rule lives in the
+        # reference (math_backend); logits_may_overflow is true for every NaN/inf in q or k
         return math_attention(q, k, v, mask=mask, causal=causal, scale=scale, window=window,
                               alibi_slopes=alibi_slopes, return_weights=return_weights)
     b, h, n, d = q.shape

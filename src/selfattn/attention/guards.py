@@ -5,12 +5,28 @@ flags — never tensor values); these helpers look at the tensors. A backend ret
 an empty call and hands calls with NaN/inf inputs (or logits that could overflow) to the reference ``"math"``,
 where the non-finite rule lives; those checks read values on the host, so they run in eager calls only (see
 :func:`tracing`).
+
+The checks rest on one measurement, :func:`max_abs` (max |x|: NaN when x holds a NaN, inf when an inf). An
+owner of tensors that are read again and again — a decoder's KV cache, whose cross-attention keys and values
+every step reads — records it with :func:`remember_max_abs` (per tensor and version counter, so an in-place
+write makes it stale); a cache that grows a tensor or selects its rows passes the old tensor's bound on, so only
+new rows are measured. Nothing else is remembered: a user's tensor can change without a version bump (through
+``.data`` or numpy), a cache's tensors are written only by the cache. A remembered value is an upper bound; a
+bound that is not finite is measured again before a call is handed to "math".
 """
 
 from __future__ import annotations
 
+import math
+import weakref
+
 import torch
 from torch import Tensor
+
+# id(tensor) -> (weak reference, tensor._version when measured, upper bound of max |x|). Entries leave with
+# their tensor; an in-place write bumps the version and makes the entry stale.
+_MAX_ABS: dict[int, tuple[weakref.ref[Tensor], int, float]] = {}
+_REMEMBER_MIN_NUMEL = 4096  # smaller tensors are measured every time: cheaper than the bookkeeping
 
 
 def is_empty(q: Tensor, k: Tensor) -> bool:
@@ -33,16 +49,76 @@ def tracing() -> bool:
     return torch.compiler.is_compiling()
 
 
+def _version(t: Tensor) -> int | None:
+    """The tensor's version counter (bumped by in-place writes); None for inference tensors, which have none."""
+    return None if t.is_inference() else t._version
+
+
+def known_max_abs(t: Tensor) -> float | None:
+    """The remembered upper bound of max |t| for this tensor at its current version, or None."""
+    hit = _MAX_ABS.get(id(t))
+    if hit is None or hit[0]() is not t or hit[1] != _version(t):
+        return None
+    return hit[2]
+
+
+def can_remember(t: Tensor) -> bool:
+    """Whether :func:`remember_max_abs` keeps a bound for t: not for small tensors (measuring is cheaper than the
+    bookkeeping), inference tensors (no version counter) or while tracing."""
+    return t.numel() >= _REMEMBER_MIN_NUMEL and not t.is_inference() and not tracing()
+
+
+def remember_max_abs(t: Tensor, bound: float) -> None:
+    """Record ``bound`` >= max |t| (NaN when t may hold a NaN) for t at its current version. Callers that build
+    t from measured tensors (a KV cache's concatenation or row selection) pass the combined bound on."""
+    version = _version(t)
+    if version is None or not can_remember(t):
+        return
+    key = id(t)
+
+    def forget(ref: weakref.ref[Tensor], key: int = key) -> None:
+        if _MAX_ABS.get(key, (None,))[0] is ref:
+            del _MAX_ABS[key]
+
+    _MAX_ABS[key] = (weakref.ref(t, forget), version, bound)
+
+
+def max_abs(t: Tensor, *, exact: bool = False) -> float:
+    """max |t| as a Python float (0 for an empty tensor): NaN when t holds a NaN, else inf when it holds an
+    inf. A bound remembered for the tensor's version (:func:`remember_max_abs`) is returned as it is, unless
+    ``exact``; otherwise one min/max pass."""
+    if t.numel() == 0:
+        return 0.0
+    known = None if exact else known_max_abs(t)
+    if known is not None:
+        return known
+    return _measure(t)
+
+
+def _measure(t: Tensor) -> float:
+    """One min/max pass: max |t|, NaN when t holds a NaN (maximum propagates it)."""
+    lo, hi = torch.aminmax(t.detach())
+    return float(torch.maximum(-lo, hi))
+
+
+def max_of_bounds(*bounds: float) -> float:
+    """The largest of some max-|x| bounds, NaN if any is NaN (Python's max would drop it)."""
+    return math.nan if any(math.isnan(b) for b in bounds) else max(bounds)
+
+
 def all_finite(*tensors: Tensor | None) -> bool:
-    """True when no tensor holds a NaN or an infinity. One sum per tensor (a NaN or inf makes it
-    non-finite); only a sum that overflowed on finite values is checked again element by element.
-    Always True while tracing (see :func:`tracing`)."""
+    """True when no tensor holds a NaN or an infinity. A remembered finite bound (:func:`remember_max_abs`)
+    answers at once; otherwise one sum per tensor (a NaN or inf makes it non-finite), and only a sum that
+    overflowed on finite values is checked again element by element. Always True while tracing."""
     if tracing():
         return True
     for t in tensors:
         if t is None or t.numel() == 0:
             continue
-        if not bool(torch.isfinite(t.detach().sum())) and not bool(torch.isfinite(t).all()):
+        known = known_max_abs(t)
+        if known is not None and math.isfinite(known):
+            continue
+        if not math.isfinite(float(t.detach().sum())) and not bool(torch.isfinite(t).all()):
             return False
     return True
 
@@ -55,10 +131,12 @@ def bias_is_finite(mask: Tensor | None) -> bool:
 
 
 def logits_may_overflow(q: Tensor, k: Tensor) -> bool:
-    """True when q·k could leave float32's range (D * max|q| * max|k| >= 2^127) or q, k hold a NaN/inf:
-    one min/max pass per operand. SDPA maps an overflowed (+inf) row to 0 in bf16 instead of NaN."""
+    """True when q·k could leave float32's range (D * max|q| * max|k| >= 2^127) or q, k hold a NaN/inf.
+    SDPA maps an overflowed (+inf) row to 0 in bf16 instead of NaN. Always False while tracing."""
     if q.numel() == 0 or k.numel() == 0 or tracing():
         return False
-    (q_lo, q_hi), (k_lo, k_hi) = torch.aminmax(q.detach()), torch.aminmax(k.detach())
-    bound = torch.maximum(-q_lo, q_hi).float() * torch.maximum(-k_lo, k_hi).float() * q.shape[-1]
-    return not bool(bound < 2.0**127)  # NaN (a NaN in q or k) is not < 2^127
+
+    def bound(exact: bool) -> float:
+        return max_abs(q, exact=exact) * max_abs(k, exact=exact) * q.shape[-1]
+
+    return not bound(False) < 2.0**127 and not bound(True) < 2.0**127  # NaN is not < 2^127

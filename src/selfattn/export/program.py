@@ -35,8 +35,9 @@ from torch.export import Dim, ExportedProgram
 
 from ..attention import BACKENDS
 from ..io import atomic_write_bytes
-from ..layers.attention import KVCache, MultiHeadAttention
+from ..layers.attention import MultiHeadAttention
 from ..layers.blocks import DecoderLayerCache
+from ..layers.kv_cache import KVCache
 from ..models.architectures import Transformer, TransformerEncoderModel, TransformerLM
 from ..models.transformer import DecoderCache
 

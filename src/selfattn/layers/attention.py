@@ -7,50 +7,15 @@ attend key j when j <= i + m - n), so cached decoding is an ordinary call with n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
 from torch import Tensor, nn
 
 from ..attention import attention
 from ..attention.linear import linear_attention
 from ..data.packing import segment_positions
 from ..positional import RotaryEmbedding, alibi_slopes
+from .kv_cache import KVCache
 
 KERNELS = ("softmax", "linear")  # MultiHeadAttention(kernel=): how self-attention scores become weights
-
-
-@dataclass
-class KVCache:
-    """Keys and values of one attention layer kept across decoding steps.
-
-    Self-attention appends each step's keys/values (already rotated when RoPE is used);
-    cross-attention fills it once from the encoder output and reuses it.
-    """
-
-    k: Tensor | None = None  # (b, g, t, d)
-    v: Tensor | None = None  # (b, g, t, d)
-
-    @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
-
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if self.k is not None and (k.shape[0], k.shape[1], k.shape[3]) != (self.k.shape[0], self.k.shape[1],
-                                                                           self.k.shape[3]):
-            raise ValueError(f"KVCache holds keys of shape (b, g, t, d) = {tuple(self.k.shape)}; new keys "
-                             f"{tuple(k.shape)} differ in batch, heads or head dim (use a new cache)")
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)  # (b, g, t+n, d)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
-
-    def reorder(self, index: Tensor) -> None:
-        """Select batch rows (beam search): keeps rows ``index`` in that order."""
-        if self.k is not None:
-            if self.v is None:  # k and v are always set together
-                raise ValueError("KVCache holds keys but no values")
-            self.k = self.k.index_select(0, index)
-            self.v = self.v.index_select(0, index)
 
 
 class MultiHeadAttention(nn.Module):
@@ -167,7 +132,7 @@ class MultiHeadAttention(nn.Module):
             else:
                 k, v = self.project_kv(context)  # (b, g, m, d) each
                 if cache is not None:
-                    cache.k, cache.v = k, v
+                    k, v = cache.fill(k, v)
         else:
             offset = cache.length if cache is not None else 0
             k = self._split(self.k_proj(x), self.num_kv_heads)  # (b, g, n, d)

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from .attention import KVCache, MultiHeadAttention
+from .attention import MultiHeadAttention
 from .dropout import residual_dropout
 from .feedforward import FeedForward
+from .kv_cache import KVCache
 from .norm import make_norm
 
 

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from ..data.packing import segment_positions
-from ..layers.attention import KVCache
 from ..layers.blocks import DecoderLayer, DecoderLayerCache, EncoderLayer
 from ..layers.dropout import Dropout
+from ..layers.kv_cache import KVCache
 from ..layers.norm import make_norm
 from ..positional import LearnedPositions, SinusoidalPositions, T5RelativeBias
 from .config import ModelConfig

@@ -1,21 +1,24 @@
 """Translation speed and BLEU side by side: selfattn, Hugging Face ``generate()`` on the exported model,
 CTranslate2 float32 and int8 — the same trained run, the same sentences, batches and length caps.
 
-    python benchmarks/translate_speed.py --run runs/m30k                       # test2016, beam 4 and greedy, batch 32
-    python benchmarks/translate_speed.py --run runs/m30k --batch 1 --sentences 100 --runners selfattn,ctranslate2
+    python benchmarks/translate_speed.py --run runs/m30k                # test2016, beam 4 and greedy, batch 32
+    python benchmarks/translate_speed.py --run runs/m30k --batches 32,1 # and batch 1 on the first 200 sentences
 
 Every runner is a function in ``RUNNERS`` (name -> fn(context, chunk of source id lists, setting) -> output
-id lists); add one there. Sources are sorted by length and cut into batches of ``--batch`` sentences, each
+id lists); add one there. Sources are sorted by length and cut into batches of ``--batches`` sentences, each
 decoded with the cap ``1.5 m + 10`` tokens (m = the batch's longest source), pad and bos never generated.
 Beams are ranked by plain log-probability by default (``--alpha 0``): selfattn's GNMT penalty ((5+L)/6)^a,
 HF's L^a and CTranslate2's are different functions, so only alpha = 0 ranks hypotheses alike in all engines.
-Writes benchmarks/results/translate_speed.{json,md} (machine, versions and the command inside).
+Each runner runs in a process of its own, in rounds of alternating order (see ``measure``). Writes benchmarks/results/translate_speed.{json,md}
+(machine, versions and the command inside).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,10 +61,14 @@ class Context:
             from selfattn.export.hf import save_hf
 
             out = self.work / key
+            if (out / "done").exists():  # exported by an earlier worker of this run
+                self.cache[key] = out
+                return out
             if fmt == "hf":
                 save_hf(self.model, self.cfg, out, self.sp)
             else:
                 save_ctranslate2(self.model, self.cfg, self.sp, out, quantization=quantization)
+            (out / "done").touch()
             self.cache[key] = out
         return self.cache[key]
 
@@ -127,23 +134,70 @@ RUNNERS: dict[str, Callable[[Context, list[list[int]], Setting], list[list[int]]
 }
 
 
-def measure(ctx: Context, name: str, sources: list[list[int]], refs: list[str], s: Setting) -> dict:
-    from selfattn.translation.metrics import corpus_scores
+def settings(args) -> list[tuple[Setting, int]]:
+    """(setting, how many sentences) for every batch size x beam asked for."""
+    out = []
+    for batch in map(int, args.batches.split(",")):
+        n = args.batch1_sentences if batch == 1 and args.batch1_sentences else 0
+        out += [(Setting(beam, batch, args.alpha), n) for beam in map(int, args.beams.split(","))]
+    return out
 
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    chunks = [order[i : i + s.batch] for i in range(0, len(order), s.batch)]
-    RUNNERS[name](ctx, [sources[i] for i in chunks[0]], s)  # warm-up: loading, exporting, first-call costs
-    outputs: list[list[int]] = [[] for _ in sources]
-    t0 = time.perf_counter()
-    for idx in chunks:
-        for i, out in zip(idx, RUNNERS[name](ctx, [sources[i] for i in idx], s)):
-            outputs[i] = out
-    seconds = time.perf_counter() - t0
-    hyps = [ctx.sp.decode(o) for o in outputs]
-    scores = corpus_scores(hyps, refs)
-    return {"runner": name, **asdict(s), "sentences": len(sources), "seconds": round(seconds, 2),
-            "sentences_per_s": round(len(sources) / seconds, 2), "bleu": round(scores["bleu"], 2),
-            "bleu_lc": round(scores["bleu_lc"], 2), "outputs": outputs}
+
+def worker(args) -> None:
+    """One runner, every setting, in this process alone: warm up on the first batch, then one timed pass."""
+    from selfattn.translation.translate import load_translation_run
+
+    torch.set_num_threads(args.threads)
+    model, sp, _ = load_translation_run(args.run)
+    src = Path(args.data, f"test2016.{args.src}").read_text(encoding="utf-8").splitlines()
+    if args.sentences:
+        src = src[: args.sentences]
+    all_sources = [ids[:256] or [sp.unk_id] for ids in sp.encode_batch(src)]
+    ctx = Context(Path(args.run), args.threads, Path(args.work), model, sp, model.cfg)
+    rows = []
+    for s, n in settings(args):
+        sources = all_sources[: n or len(all_sources)]
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        chunks = [order[i : i + s.batch] for i in range(0, len(order), s.batch)]
+        RUNNERS[args.worker](ctx, [sources[i] for i in chunks[0]], s)  # loading, exporting, compiling
+        outputs: list[list[int]] = [[] for _ in sources]
+        t0 = time.perf_counter()
+        for idx in chunks:
+            for i, out in zip(idx, RUNNERS[args.worker](ctx, [sources[i] for i in idx], s)):
+                outputs[i] = out
+        rows.append({"setting": asdict(s), "seconds": time.perf_counter() - t0, "outputs": outputs})
+    Path(args.worker_out).write_text(json.dumps(rows), encoding="utf-8")
+
+
+def measure(args, names: list[str], work: str) -> list[dict]:
+    """Each runner in a process of its own (two engines in one process slowed PyTorch's decoding ~2x here:
+    their thread pools and allocators interfere), ``--repeats`` rounds in alternating order (A B C, then C B
+    A) so that this machine's drift (+-30%) falls on all alike; a runner's time is the median of its rounds."""
+    from selfattn.translation.metrics import corpus_scores
+    from selfattn.translation.translate import load_translation_run
+
+    _, sp, _ = load_translation_run(args.run)
+    refs = Path(args.data, f"test2016.{args.tgt}").read_text(encoding="utf-8").splitlines()
+    rounds: dict[str, list[list[dict]]] = {name: [] for name in names}
+    for r in range(args.repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            out = Path(work, f"{name}-{r}.json")
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", name, "--worker-out", str(out), "--work", work]
+            subprocess.run(cmd, check=True)
+            rounds[name].append(json.loads(out.read_text(encoding="utf-8")))
+            print(f"round {r} {name}: " + ", ".join(f"{x['seconds']:.2f}s" for x in rounds[name][-1]), flush=True)
+    rows = []
+    for name in names:
+        for j, (s, _n) in enumerate(settings(args)):
+            outputs = rounds[name][0][j]["outputs"]
+            times = [rnd[j]["seconds"] for rnd in rounds[name]]
+            seconds = statistics.median(times)
+            scores = corpus_scores([sp.decode(o) for o in outputs], refs[: len(outputs)])
+            rows.append({"runner": name, **asdict(s), "sentences": len(outputs), "seconds": round(seconds, 2),
+                         "seconds_per_round": [round(x, 2) for x in times],
+                         "sentences_per_s": round(len(outputs) / seconds, 2), "bleu": round(scores["bleu"], 2),
+                         "bleu_lc": round(scores["bleu_lc"], 2), "outputs": outputs})
+    return rows
 
 
 def main() -> None:
@@ -154,51 +208,48 @@ def main() -> None:
     ap.add_argument("--tgt", default="en")
     ap.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated, of {sorted(RUNNERS)}")
     ap.add_argument("--beams", default="4,1", help="comma-separated beam sizes (1 = greedy)")
-    ap.add_argument("--batch", type=int, default=32, help="sentences per batch")
+    ap.add_argument("--batches", default="32", help="comma-separated batch sizes (sentences per batch)")
+    ap.add_argument("--batch1-sentences", type=int, default=200,
+                    help="batch size 1 decodes only the first N sentences (0 = all): one at a time is slow")
     ap.add_argument("--alpha", type=float, default=0.0, help="length penalty exponent (see the docstring)")
     ap.add_argument("--sentences", type=int, default=0, help="first N test sentences (0 = all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="timed rounds per runner, in alternating order")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "translate_speed"))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one runner in this process
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)  # exports shared by the workers
     args = ap.parse_args()
-    from selfattn.translation.translate import load_translation_run
-
-    torch.set_num_threads(args.threads)
+    if args.worker:
+        return worker(args)
     unknown = set(args.runners.split(",")) - set(RUNNERS)
     if unknown:
         raise SystemExit(f"unknown runners {sorted(unknown)}; expected some of {sorted(RUNNERS)}")
-    model, sp, _ = load_translation_run(args.run)
-    src = Path(args.data, f"test2016.{args.src}").read_text(encoding="utf-8").splitlines()
-    refs = Path(args.data, f"test2016.{args.tgt}").read_text(encoding="utf-8").splitlines()
-    if args.sentences:
-        src, refs = src[: args.sentences], refs[: args.sentences]
-    sources = [ids[:256] or [sp.unk_id] for ids in sp.encode_batch(src)]
     with tempfile.TemporaryDirectory() as work:
-        ctx = Context(Path(args.run), args.threads, Path(work), model, sp, model.cfg)
-        rows: list[dict] = []
-        for beam in map(int, args.beams.split(",")):
-            for name in args.runners.split(","):
-                row = measure(ctx, name, sources, refs, Setting(beam, args.batch, args.alpha))
-                print({k: v for k, v in row.items() if k != "outputs"}, flush=True)
-                rows.append(row)
-                write(args, rows, len(sources))  # after every row: a long run stopped early keeps its results
+        rows = measure(args, args.runners.split(","), work)
+    for row in rows:
+        print({k: v for k, v in row.items() if k != "outputs"}, flush=True)
+    write(args, rows)
 
 
-def write(args, rows: list[dict], n: int) -> None:
+def write(args, rows: list[dict]) -> None:
     from selfattn.io import atomic_write_bytes
 
     for row in rows:  # agreement with selfattn's own outputs, sentence by sentence
-        ref = next((r for r in rows if r["runner"] == "selfattn" and r["beam"] == row["beam"]), None)
-        row["same_as_selfattn"] = sum(a == b for a, b in zip(row["outputs"], ref["outputs"])) / n if ref else None
+        ref = next((r for r in rows if r["runner"] == "selfattn" and (r["beam"], r["batch"]) == (row["beam"], row["batch"])),
+                   None)
+        same = sum(a == b for a, b in zip(row["outputs"], ref["outputs"])) if ref else None
+        row["same_as_selfattn"] = None if same is None else same / row["sentences"]
     doc = {"machine": machine(), "run": str(args.run), "threads": args.threads,
            "results": [{k: v for k, v in r.items() if k != "outputs"} for r in rows]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out + ".json", (json.dumps(doc, indent=1) + "\n").encode())
     lines = ["**translate_speed**", "", machine_line(doc["machine"]), "",
-             "| runner | beam | batch | sentences/s | BLEU | BLEU-lc | same output as selfattn |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| runner | beam | batch | sentences | sentences/s | BLEU | BLEU-lc | same output as selfattn |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["results"]:
         same = "" if r["same_as_selfattn"] is None else f"{100 * r['same_as_selfattn']:.1f}%"
-        lines.append(f"| {r['runner']} | {r['beam']} | {r['batch']} | {r['sentences_per_s']} | {r['bleu']} | "
+        lines.append(f"| {r['runner']} | {r['beam']} | {r['batch']} | {r['sentences']} | {r['sentences_per_s']} | {r['bleu']} | "
                      f"{r['bleu_lc']} | {same} |")
     atomic_write_bytes(args.out + ".md", ("\n".join(lines) + "\n").encode())
 

@@ -170,8 +170,8 @@ def worker(args) -> None:
 
 
 def measure(args, names: list[str], work: str) -> list[dict]:
-    """Each runner in a process of its own (two engines in one process slowed PyTorch's decoding ~2x here:
-    their thread pools and allocators interfere), ``--repeats`` rounds in alternating order (A B C, then C B
+    """Each runner in a process of its own (switching engines batch by batch in one process slowed PyTorch's
+    decoding 3-4x here: both OpenMP pools spin on 2 cores), ``--repeats`` rounds in alternating order (A B C, then C B
     A) so that this machine's drift (+-30%) falls on all alike; a runner's time is the median of its rounds."""
     from selfattn.translation.metrics import corpus_scores
     from selfattn.translation.translate import load_translation_run

@@ -71,8 +71,7 @@ def can_remember(t: Tensor) -> bool:
 def remember_max_abs(t: Tensor, bound: float) -> None:
     """Record ``bound`` >= max |t| (NaN when t may hold a NaN) for t at its current version. Callers that build
     t from measured tensors (a KV cache's concatenation or row selection) pass the combined bound on."""
-    version = _version(t)
-    if version is None or not can_remember(t):
+    if not can_remember(t):
         return
     key = id(t)
 
@@ -80,7 +79,7 @@ def remember_max_abs(t: Tensor, bound: float) -> None:
         if _MAX_ABS.get(key, (None,))[0] is ref:
             del _MAX_ABS[key]
 
-    _MAX_ABS[key] = (weakref.ref(t, forget), version, bound)
+    _MAX_ABS[key] = (weakref.ref(t, forget), t._version, bound)
 
 
 def max_abs(t: Tensor, *, exact: bool = False) -> float:

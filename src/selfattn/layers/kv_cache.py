@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..attention.guards import can_remember, max_abs, max_of_bounds, remember_max_abs, tracing
+from ..attention.guards import max_abs, max_of_bounds, remember_max_abs, tracing
 
 MIN_CAPACITY = 16  # positions a self-attention buffer starts with: a sentence's first doublings cost nothing
 
@@ -48,17 +48,15 @@ class KVCache:
         if (k.shape[0], k.shape[1], k.shape[3]) != (self.k.shape[0], self.k.shape[1], self.k.shape[3]):
             raise ValueError(f"KVCache holds keys of shape (b, g, t, d) = {tuple(self.k.shape)}; new keys "
                              f"{tuple(k.shape)} differ in batch, heads or head dim (use a new cache)")
-        bound = self._bounds(self.k, self.v, also=(k, v))
+        bound = _combined(self._bound or self._measure(self.k, self.v), self._measure(k, v))
         t, n = self.k.shape[2], k.shape[2]
         if not self._in_place():
             self._bufs = self._spare = None
             self._set(torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2), bound)  # (b, g, t+n, d)
             return self.k, self.v
         if self._bufs is None or self._bufs[0].shape[2] < t + n:
-            self._bufs, self._spare = self._alloc(self.k.shape[0], max(2 * (t + n), MIN_CAPACITY), k, v), None
-            self._bufs[0][:, :, :t].copy_(self.k)
-            self._bufs[1][:, :, :t].copy_(self.v)
-        kb, vb = self._bufs
+            self._into_new_buffers(self.k, self.v, max(2 * (t + n), MIN_CAPACITY))
+        kb, vb = self._bufs  # type: ignore[misc]  # set just above or before
         kb[:, :, t : t + n].copy_(k)
         vb[:, :, t : t + n].copy_(v)
         self._set(kb[:, :, : t + n], vb[:, :, : t + n], bound)  # views (b, g, t+n, d)
@@ -68,17 +66,12 @@ class KVCache:
         """Hold k, v (b, g, t, d): contiguous (a step's matmuls read them without a copy), measured once.
         ``capacity`` > t: positions reserved for appends (eager decoding without gradients only). Returns the
         held keys and values."""
-        bound = self._bounds(k, v, also=None, fresh=True)
-        t = k.shape[2]
+        bound = self._measure(k, v)
         self._bufs = self._spare = None
-        if capacity is None or capacity <= t or not self._in_place():
+        if capacity is None or capacity <= k.shape[2] or not self._in_place():
             k, v = k.contiguous(), v.contiguous()
-            self._set(k, v, bound)
-            return k, v
-        self._bufs = self._alloc(k.shape[0], capacity, k, v)
-        self._bufs[0][:, :, :t].copy_(k)
-        self._bufs[1][:, :, :t].copy_(v)
-        k, v = self._bufs[0][:, :, :t], self._bufs[1][:, :, :t]  # views (b, g, t, d)
+        else:
+            k, v = self._into_new_buffers(k, v, capacity)  # views (b, g, t, d)
         self._set(k, v, bound)
         return k, v
 
@@ -114,20 +107,26 @@ class KVCache:
         """A new pair of buffers (b, g, T, d) with k's and v's heads, head dims, dtype and device."""
         return (k.new_empty(b, k.shape[1], capacity, k.shape[3]), v.new_empty(b, v.shape[1], capacity, v.shape[3]))
 
-    def _bounds(self, k: Tensor, v: Tensor, *, also: tuple[Tensor, Tensor] | None,
-                fresh: bool = False) -> tuple[float, float] | None:
-        """max |x| bounds of k and v (the cache's own, remembered, unless ``fresh``) and of the new rows
-        ``also``; None while tracing (nothing is read on the host then)."""
-        if tracing():
-            return None
-        old = self._bound if (self._bound is not None and not fresh) else (max_abs(k), max_abs(v))
-        if also is None:
-            return old
-        return max_of_bounds(old[0], max_abs(also[0])), max_of_bounds(old[1], max_abs(also[1]))
+    def _into_new_buffers(self, k: Tensor, v: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
+        """New buffers of ``capacity`` positions holding k, v (b, g, t, d) first; returns their views of them."""
+        t = k.shape[2]
+        self._bufs, self._spare = self._alloc(k.shape[0], capacity, k, v), None
+        self._bufs[0][:, :, :t].copy_(k)
+        self._bufs[1][:, :, :t].copy_(v)
+        return self._bufs[0][:, :, :t], self._bufs[1][:, :, :t]
+
+    @staticmethod
+    def _measure(k: Tensor, v: Tensor) -> tuple[float, float] | None:
+        """max |k|, max |v|; None while tracing (nothing is read on the host then)."""
+        return None if tracing() else (max_abs(k), max_abs(v))
 
     def _set(self, k: Tensor, v: Tensor, bound: tuple[float, float] | None) -> None:
         self.k, self.v, self._bound = k, v, bound
         if bound is not None:
-            for t, b in zip((k, v), bound):
-                if can_remember(t):
-                    remember_max_abs(t, b)
+            remember_max_abs(k, bound[0])  # kept only where guards.can_remember(t)
+            remember_max_abs(v, bound[1])
+
+
+def _combined(a: tuple[float, float] | None, b: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The bounds of a concatenation: per tensor the larger (NaN wins); None while tracing."""
+    return None if a is None or b is None else (max_of_bounds(a[0], b[0]), max_of_bounds(a[1], b[1]))

@@ -13,7 +13,7 @@ Methods (each a set of `selfattn train` flags; see the README):
   word-dropout / blank / switchout            0.1 / 0.1 / 0.05
   bt-beam / bt-sample   back-translation of the left-out English with a reverse model (Sennrich et al. 2016;
                 sampling: Edunov et al. 2018), tagged, 1:1 with the real pairs
-Writes benchmarks/results/low_resource.{json,md,png}. Hours of CPU for the whole table: never run by the tests
+Writes benchmarks/results/OUT.{json,md} (--out, default low_resource). Hours of CPU for the whole table: never run by the tests
 (they import `make_subset` and `paired_bootstrap` only).
 
   python benchmarks/low_resource.py --data ../shared/data/multi30k --work /tmp/lowres --fractions 0.1 \\
@@ -180,7 +180,10 @@ def run_cell(subset: Path, runs: Path, method: str, seed: int, args) -> dict:
 
 
 def tune_baseline(subset: Path, args, pool) -> tuple[str, dict]:
-    """The --grid: each configuration trained with the first seed; the best val BLEU-lc wins."""
+    """The --grid: each configuration trained with the first seed; the best val BLEU-lc wins (a grid of one
+    is that configuration, chosen before: its first-seed cell trains beside the others, not alone)."""
+    if len(args.grid) == 1:
+        return args.grid[0], {}
     def one(name: str) -> float:
         run = subset / "runs" / name / f"baseline-s{args.seeds[0]}"
         base = args.set
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="cells trained at once (threads split between them)")
     ap.add_argument("--one-reverse", action="store_true", help="one reverse model and synthetic corpus for all seeds")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every train")
+    ap.add_argument("--out", default="low_resource", help="result name: benchmarks/results/OUT.{json,md}")
     args = ap.parse_args(argv)
     if "baseline" not in args.methods:
         args.methods.insert(0, "baseline")
@@ -253,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 "baseline_overrides": GRID[chosen], "grid_val_bleu_lc": grid,
                 "train_seconds": {m: [c[s]["train_seconds"] for s in args.seeds] for m, c in cells.items()},
                 "table": summarise(cells, refs)}
-            atomic_write_json(RESULTS / "low_resource.json", result)
+            atomic_write_json(RESULTS / f"{args.out}.json", result)
     lines = ["**Low-resource Multi30k de->en** (beam 4; mean ± std over seeds; p: paired bootstrap vs baseline)",
              "", machine_line(result["machine"]), "",
              "| pairs | method | test BLEU-lc | test BLEU | test chrF | p (test) | val BLEU-lc |",
@@ -270,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", f"{size['pairs']} pairs: baseline `{size['baseline_config']}` "
                       f"(--set {' '.join(size['baseline_overrides']) or 'nothing'}); grid val BLEU-lc: {grid}; "
                       f"median training seconds per cell ({args.threads} thread(s), {args.jobs} at once): {secs}"]
-    atomic_write_text(RESULTS / "low_resource.md", "\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / f"{args.out}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

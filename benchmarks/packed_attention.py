@@ -8,6 +8,8 @@ its own segment id. Cases, all float32, forward + backward (a fixed upstream gra
 
 * packed, "flash" with native segment ids (it skips the key blocks of other documents; ``--block`` sets
   its block sizes, 64 by default so a 256-token row holds several blocks);
+* packed, "cpu_f32" (the fused C kernel) with native segment ids, skipping its 64 x 64 block pairs whose
+  ids never meet;
 * packed, "math" / "torch" / "batched" / "auto" given the same segment ids, which the registry turns into the
   equivalent (b, 1, 256, 256) boolean mask before the call (the mask construction is timed too);
 * unpacked: the same sentences as one padded batch (each sentence a row of the longest length, a key
@@ -34,6 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import machine, machine_line
 
 import selfattn
+from selfattn.attention import BackendUnavailable
 from selfattn.attention.flash import FlashConfig, flash_attention
 from selfattn.io import atomic_write_json, atomic_write_text
 
@@ -77,6 +80,8 @@ def cases(lengths, heads: int, d: int, block: int, gen: torch.Generator) -> dict
     packed, unpacked = qkv(rows, ROW), qkv(len(flat), LONGEST)
     out = {"packed flash (native segment ids)":
            (lambda q, k, v: flash_attention(q, k, v, segment_ids=segs, config=cfg)[0], packed)}
+    out["packed cpu_f32 (native segment ids)"] = (  # the C kernel: skips block pairs whose ids never meet
+        lambda q, k, v: selfattn.attention(q, k, v, segment_ids=segs, backend="cpu_f32"), packed)
     for name in ("math", "torch", "batched", "auto"):
         out[f"packed {name} (segment ids as bool mask)"] = (
             lambda q, k, v, name=name: selfattn.attention(q, k, v, segment_ids=segs, backend=name), packed)
@@ -112,7 +117,7 @@ def main() -> None:
     for name, (fn, ts) in table.items():  # warm-up, and backends that decline are recorded
         try:
             time_once(fn, ts)
-        except ValueError as exc:
+        except (ValueError, BackendUnavailable) as exc:  # e.g. cpu_f32 on a CPU without AVX-512
             errors[name] = str(exc)
             del times[name]
     for _ in range(args.repeats):

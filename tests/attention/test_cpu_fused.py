@@ -19,7 +19,8 @@ from references import rounding_tolerance as _tolerance
 
 import selfattn
 from selfattn.attention import cpu_kernel
-from selfattn.attention.cpu_fused import AUTO_MIN_QUERIES, cpu_bf16_attention, cpu_f32_attention
+from selfattn.attention.cpu_fused import AUTO_MIN_QUERIES, cpu_bf16_attention, cpu_bf16_supports, cpu_f32_attention
+from selfattn.attention.spec import validate_call
 
 UNAVAILABLE = {v: cpu_kernel.unavailable_reason(v) for v in ("bf16", "f32")}  # never compiles
 needs_kernel = pytest.mark.skipif(UNAVAILABLE["bf16"] is not None, reason=str(UNAVAILABLE["bf16"]))
@@ -173,6 +174,14 @@ def test_auto_picks_the_kernel_for_bfloat16_and_says_why_not_for_short_queries()
     assert "only for bfloat16" in f32.reasons["cpu_bf16"]
     slopes = torch.tensor([0.5, 0.25])  # ALiBi is computed in the kernel: no n x m bias
     assert selfattn.explain_backend(q, k, v, alibi_slopes=slopes).chosen == "cpu_bf16"
+    seg = torch.zeros(1, AUTO_MIN_QUERIES, dtype=torch.long)  # segment ids: native, so the kernel serves them
+    assert selfattn.explain_backend(q, k, v, causal=True, segment_ids=(seg, seg)).chosen == "cpu_bf16"
+    general = torch.ones(1, 1, AUTO_MIN_QUERIES, AUTO_MIN_QUERIES, dtype=torch.bool)  # served, but measured slower
+    for mask in (general, torch.zeros(1, 2, AUTO_MIN_QUERIES, AUTO_MIN_QUERIES)):
+        choice = selfattn.explain_backend(q, k, v, mask=mask)
+        assert choice.chosen != "cpu_bf16" and "measured slower" in choice.reasons["cpu_bf16"]
+        assert cpu_bf16_supports(validate_call(q, k, v, mask=mask, causal=False, scale=None, dropout_p=0.0,
+                                               window=None, alibi_slopes=None, return_weights=False)) is None
 
 
 @needs_f32

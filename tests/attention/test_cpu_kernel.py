@@ -148,7 +148,9 @@ def test_the_typed_wrapper_checks_every_argument():
     kern = cpu_kernel.kernel("f32")
     b, h, g, n, m, d, e = 1, 2, 1, 3, 5, 32, 32
     args = dict(q=torch.zeros(b, h, 64, d), kp=torch.zeros(b, g, 64, d), vp=torch.zeros(b, g, 64, e), kpm=None,
-                kpm_bstride=0, kpm_all=None, slopes=None, out=torch.empty(b, h, 64, e), lse=torch.empty(b, h, 64),
+                kpm_bstride=0, kpm_all=None, slopes=None, qseg=None, kseg=None, mask=None, bias=None, msb=0, msh=0,
+                msn=0, out=torch.empty(b, h, 64, e),
+                lse=torch.empty(b, h, 64),
                 b=b, h=h, g=g, n=n, m=m, n_pad=64, m_pad=64, d=d, e=e, scale=0.5, left=1 << 40, right=1 << 40,
                 nthreads=1)
     kern.forward(**args)
@@ -156,10 +158,20 @@ def test_the_typed_wrapper_checks_every_argument():
     bad = [({"q": torch.zeros(b, h, 64, d, dtype=torch.float64)}, "expected a contiguous CPU torch.float32"),
            ({"kp": torch.zeros(b, g, 32, d)}, "kp: expected 2048 elements, got 1024"),
            ({"q": torch.zeros(b, h, d, 64).transpose(2, 3)}, "contiguous=False"),
-           ({"n_pad": 60}, "n_pad: expected a multiple of 64"), ({"out": None}, "out: expected a tensor")]
+           ({"n_pad": 60}, "n_pad: expected a multiple of 64"), ({"out": None}, "out: expected a tensor"),
+           ({"qseg": torch.zeros(b, 64, dtype=torch.int32)}, "qseg, kseg: expected both or neither"),
+           ({"qseg": torch.zeros(b, 64), "kseg": torch.zeros(b, 64, dtype=torch.int32)}, "CPU torch.int32"),
+           ({"qseg": torch.zeros(b, 60, dtype=torch.int32), "kseg": torch.zeros(b, 64, dtype=torch.int32)},
+            "qseg: expected 64 elements, got 60"),
+           ({"mask": torch.ones(n * m - 1, dtype=torch.uint8), "msn": m}, "mask: expected 15 elements, got 14"),
+           ({"mask": torch.ones(n * m, dtype=torch.uint8), "bias": torch.zeros(n * m), "msn": m},
+            "mask, bias: expected at most one, got both"),
+           ({"msn": -1}, "msn: expected a stride >= 0")]
     for change, words in bad:
         with pytest.raises(ValueError, match=words.replace("(", r"\(")):
             kern.forward(**{**args, **change})
+    kern.forward(**{**args, "mask": torch.zeros(n, m, dtype=torch.uint8), "msn": m})  # a general mask: none allowed
+    assert torch.equal(args["out"][:, :, :n], torch.zeros(b, h, n, e)) and bool(args["lse"][:, :, :n].isinf().all())
     with pytest.raises(ValueError, match=r"missing \['nthreads'\]"):
         kern.forward(**{a: x for a, x in args.items() if a != "nthreads"})
 
@@ -172,3 +184,17 @@ def test_build_kernels_command(fresh, monkeypatch, capsys):
     failing = fake_compiler(fresh / "cache", fail="boom")  # another script, same log dir layout
     assert cli_main(["build-kernels", "--variant", "bf16", "--cc", failing]) == 2
     assert "bf16: building flash_cpu.c with" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(cpu_kernel.cpu_reason("f32") is not None, reason=str(cpu_kernel.cpu_reason("f32")))
+def test_segment_ids_outside_int32_are_renumbered_not_truncated():
+    """Only equality of ids matters, and the kernel reads int32: large ids give the output of small ones,
+    and an id that int32 would truncate onto another segment's (2**32 -> 0) does not merge the two."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 100, 32, generator=gen) for _ in range(3))
+    seg = torch.arange(100).div(30, rounding_mode="floor").expand(2, 100)  # (b, n) ids 0..3
+    far = torch.where(seg % 2 == 1, seg + 2**40, seg)  # ids 0, 2**40 + 1, 2, 2**40 + 3
+    near = selfattn.attention(q, k, v, segment_ids=(seg, seg), backend="cpu_f32")
+    assert torch.equal(selfattn.attention(q, k, v, segment_ids=(far, far), backend="cpu_f32"), near)
+    clash = torch.where(seg == 1, torch.full_like(seg, 2**32), seg)  # 2**32 truncates to 0, segment 0's id
+    assert torch.equal(selfattn.attention(q, k, v, segment_ids=(clash, clash), backend="cpu_f32"), near)

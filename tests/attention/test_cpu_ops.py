@@ -28,8 +28,16 @@ def _inputs(dtype, n=70, m=90, grad=True):
 def test_opcheck(dtype):
     q, k, v = _inputs(dtype)
     pad = torch.rand(2, 90, generator=torch.Generator().manual_seed(1)) > 0.3  # (b, m), True = may attend
-    cases = [(q, k, v, pad, torch.full((4,), 0.1), 0.2, 5, 0), (q, k, v, None, None, 0.3, -1, -1)]
-    for args in cases if dtype == torch.bfloat16 else cases[:1]:
+    q_seg = torch.arange(70).div(30, rounding_mode="floor").expand(2, 70)  # (b, n) ids 0, 1, 2
+    k_seg = torch.arange(90).div(40, rounding_mode="floor").expand(2, 90).contiguous()  # (b, m)
+    general = torch.rand(2, 1, 70, 90, generator=torch.Generator().manual_seed(2)) > 0.4  # (b, 1, n, m)
+    bias = torch.randn(1, 4, 70, 90, generator=torch.Generator().manual_seed(3))  # (1, h, n, m) additive
+    cases = [(q, k, v, pad, torch.full((4,), 0.1), None, None, None, 0.2, 5, 0),
+             (q, k, v, pad, None, q_seg.contiguous(), k_seg, None, 0.25, -1, -1),
+             (q, k, v, None, None, None, None, general, 0.25, -1, 0),
+             (q, k, v, None, None, None, None, bias, 0.25, -1, -1),
+             (q, k, v, None, None, None, None, None, 0.3, -1, -1)]
+    for args in cases if dtype == torch.bfloat16 else cases[:4]:
         torch.library.opcheck(cpu_fused_fwd_op, args)
 
 

@@ -195,11 +195,31 @@ def segments_nan_in_other_document(dt):  # a NaN key of document 1 reaches nothi
     return c
 
 
+def _blocky_mask(b, h, n, m, gen):  # random, with whole 64 x 64 key blocks ruled out and dead rows
+    mask = torch.rand(b, h, n, m, generator=gen) > 0.5
+    mask[:, :, :64, 64:128] = False  # a block pair no query may attend: skipped by the kernel
+    mask[:, :, 64:128, :] = False  # a query block that sees nothing: dead rows
+    mask[:, :, 128:, :64] = True  # a block pair that sees everything: no per-element masking
+    return mask
+
+
+def general_mask_blocks(dt):  # a general boolean mask over several 64-blocks, per batch row, GQA, causal
+    gen = torch.Generator().manual_seed(6)
+    return _case(dt, b=2, h=2, g=1, n=150, m=150, d=16, causal=True, mask=_blocky_mask(2, 1, 150, 150, gen))
+
+
+def float_bias_blocks(dt):  # a per-head additive bias with -inf blocks, broadcast over the batch
+    gen = torch.Generator().manual_seed(7)
+    allowed = _blocky_mask(1, 2, 140, 150, gen)
+    bias = representable(torch.randn(1, 2, 140, 150, generator=gen), torch.float32).masked_fill(~allowed, -INF)
+    return _case(dt, b=2, h=2, n=140, m=150, d=16, mask=bias)
+
+
 CASES = [nan_key, nan_query_row, nan_value_entry, inf_key, neg_inf_value, nan_in_padded_key,
          nan_in_hidden_key, nan_outside_window, overflowing_logits, overflow_to_minus_inf, overflow_one_pair,
          nan_and_inf_bias, nan_query_in_dead_row, peaked_float_bias, peaked_scores, alibi_long, empty_queries, empty_batch,
          no_keys, head_dims, packed_segments, segments_and_padding, segments_cross, segments_unsorted,
-         segments_with_float_bias, segments_nan_in_other_document]
+         segments_with_float_bias, segments_nan_in_other_document, general_mask_blocks, float_bias_blocks]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))

@@ -42,12 +42,14 @@ register_backend("flash", flash_attention, flash_supports, priority=15, native_s
                  auto_declines=flash_auto_declines,
                  description="exact blockwise attention (online softmax), O(N) memory forward and backward; any mask, "
                              "segment ids natively, skipping ruled-out blocks")
-register_backend("cpu_bf16", cpu_bf16_attention, cpu_bf16_supports, priority=18,
+register_backend("cpu_bf16", cpu_bf16_attention, cpu_bf16_supports, priority=18, native_segments=True,
                  auto_declines=cpu_bf16_auto_declines,
-                 description="fused bf16 C kernel for CPUs with AVX-512 BF16, O(N) memory forward and backward")
-register_backend("cpu_f32", cpu_f32_attention, cpu_f32_supports, priority=17,
+                 description="fused bf16 C kernel for CPUs with AVX-512 BF16, O(N) memory forward and backward, "
+                             "segment ids natively")
+register_backend("cpu_f32", cpu_f32_attention, cpu_f32_supports, priority=17, native_segments=True,
                  auto_declines=cpu_f32_auto_declines,
-                 description="fused float32 C kernel for CPUs with AVX-512, O(N) memory forward and backward")
+                 description="fused float32 C kernel for CPUs with AVX-512, O(N) memory forward and backward, "
+                             "segment ids natively")
 register_backend("batched", batched_attention, batched_supports, priority=19,
                  auto_declines=batched_auto_declines,
                  description="short sequences, many (batch x head) problems: batched matmuls, float32 softmax")

@@ -1,214 +1,97 @@
 """Backends "cpu_bf16" and "cpu_f32": fused exact attention in one C kernel on x86 CPUs with AVX-512.
 
-The kernel (``csrc/flash_cpu.c``) is FlashAttention's forward (online softmax, Dao et al. 2022) and
-FlashAttention-2's backward, recomputing each score block from the saved log-sum-exp: O(N) memory
-forward and backward, key blocks that causal/window hide are skipped, and masks are never n x m
-tensors. "cpu_bf16" runs the q·kᵀ and p·v products on the AVX-512 BF16 dot-product units (bf16
-products, float32 sums); "cpu_f32" on float32 FMAs. Softmax statistics and accumulators are float32
-in both. This module lays out the operands: zero padding to the kernel's blocks and the "pair"
-layout its products read (pairs of W = 2 values for bf16, W = 1 for float32).
+The kernel (``csrc/flash_cpu.c``, laid out and called by :mod:`.cpu_layout`) is FlashAttention's forward
+(online softmax, Dao et al. 2022) and FlashAttention-2's backward, recomputing each score block from the saved
+log-sum-exp: O(N) memory forward and backward beyond the mask itself. "cpu_bf16" runs the q·kᵀ and p·v products
+on the AVX-512 BF16 dot-product units (bf16 products, float32 sums); "cpu_f32" on float32 FMAs. Softmax
+statistics and accumulators are float32 in both. This module registers the kernel as PyTorch custom operators
+and holds the backends' entry points, what they serve and when "auto" picks them.
 
 Legend: b batch, h query heads, g kv heads, n queries, m keys, d q/k head dim, e v head dim.
-Mask convention: boolean True = may attend; only key padding (B|1, 1, 1, Nk) besides ``causal``
-(bottom-right aligned: query i may attend key j when j <= i + m - n), ``window`` and ALiBi slopes
-(computed in the kernel, never an n x m bias). A row that may attend no key gets 0. A +inf/NaN
-logit (q·k overflowing float32) makes its row NaN in the kernel; calls with a NaN/inf in q, k or v
-go to backend "math" (the rule in :mod:`selfattn.attention.math_backend`), the kernel's dense
-products would let 0 · NaN of a masked key reach other rows.
+Mask convention: boolean True = may attend. Served without an n x m tensor: key padding (B|1, 1, 1, Nk),
+segment ids (``q_seg (b, n)``, ``k_seg (b, m)``: query i may attend key j only when their ids are equal),
+``causal`` (bottom-right aligned: query i may attend key j when j <= i + m - n), ``window`` and ALiBi slopes.
+Any other boolean mask or additive float mask broadcastable to (B, H, Nq, Nk) is read in place at its own
+strides. Block pairs that causal/window, the segments or a mask rule out entirely are skipped. A float mask
+gets no gradient (calls that want one go elsewhere). A row that may attend no key gets 0. A +inf/NaN logit
+(q·k overflowing float32) makes its row NaN in the kernel; calls with a NaN/inf in q, k, v or a float mask go
+to backend "math" (the rule in :mod:`selfattn.attention.math_backend`): the kernel's dense products would let
+0 · NaN of a masked key reach other rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu_kernel
-from .guards import all_finite, empty_result, is_empty
-from .kernel_abi import Kernel
+from .cpu_layout import VARIANT, cpu_fused_backward, cpu_fused_forward, is_key_padding, round_up
+from .guards import all_finite, bias_is_finite, empty_result, is_empty
 from .math_backend import math_attention
 from .registry import BackendUnavailable
-from .spec import AttentionCall, key_padding_kernel_declines, key_padding_rows, window_sides
-
-_UNLIMITED = 1 << 40  # a window side of None
-_LOG2E = 1.4426950408889634
-
-
-def _round_up(x: int, to: int) -> int:
-    return -(-x // to) * to
-
-
-_VARIANT = {torch.bfloat16: "bf16", torch.float32: "f32"}
-_WIDTH = {"bf16": 2, "f32": 1}  # values per pair the kernel's products read
-
-
-def _row_pairs(x: Tensor, w: int) -> Tensor:
-    """(b, g, rows, cols) -> pairs of w consecutive rows interleaved (a contiguous copy):
-    (b, g, rows/w, cols, w), t[..., i, c, s] = x[..., w i + s, c]."""
-    b, g, rows, cols = x.shape
-    return x.view(b, g, rows // w, w, cols).transpose(3, 4).contiguous()  # (b, g, rows/w, cols, w)
-
-
-def _tiled_pairs(x: Tensor, block: int, w: int) -> Tensor:
-    """(b, g, rows, cols) -> per block of ``block`` rows, that block's pair layout along columns:
-    (b, g, rows/block, cols/w, block, w), t[..., J, c, i, s] = x[..., block J + i, w c + s]."""
-    b, g, rows, cols = x.shape
-    t = x.view(b, g, rows // block, block, cols // w, w)  # (b, g, J, i, c, s)
-    return t.permute(0, 1, 2, 4, 3, 5).contiguous()  # (b, g, J, c, i, s)
-
-
-def _padded(x: Tensor, rows: int, cols: int) -> Tensor:
-    """Copy of (b, g, r, c) zero-padded to (b, g, rows, cols)."""
-    return F.pad(x, (0, cols - x.shape[3], 0, rows - x.shape[2])).contiguous()
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What forward and backward both need: the kernel build, its blocks and the padded sizes."""
-
-    variant: str  # "bf16" | "f32"
-    kernel: Kernel  # the loaded build, called by keyword (kernel_abi checks every argument)
-    w: int  # values per pair
-    qb: int  # query rows per block
-    kb: int  # keys per block
-    n_pad: int  # lengths padded to the blocks, head dims to the 32-column tiles
-    m_pad: int
-    d2: int
-    e2: int
-
-
-def _plan(q: Tensor, k: Tensor, v: Tensor) -> _Plan:
-    variant = _VARIANT[q.dtype]
-    qb, kb = cpu_kernel.block_sizes(variant)
-    return _Plan(variant, cpu_kernel.kernel(variant), _WIDTH[variant], qb, kb, _round_up(q.shape[2], qb),
-                 _round_up(k.shape[2], kb), _round_up(q.shape[3], 32), _round_up(v.shape[3], 32))
-
-
-def _padding_bytes(kpm: Tensor | None, m: int, m_pad: int, kb: int) -> tuple[Tensor | None, Tensor | None]:
-    """(b|1, m) bytes 1 = may attend, and (b|1, m_pad/kb) bytes 1 = the whole key block may be."""
-    if kpm is None:
-        return None, None
-    allowed = F.pad(kpm.to(torch.uint8), (0, m_pad - m)).contiguous()  # (b|1, m_pad), 0 past m
-    whole = allowed.view(allowed.shape[0], m_pad // kb, kb).amin(dim=-1).contiguous()  # (b|1, m_pad/kb)
-    return allowed, whole
-
-
-def _window_sides(causal: bool, window: tuple[int | None, int | None] | None) -> tuple[int, int]:
-    left, right = window_sides(causal, window)
-    return (_UNLIMITED if left is None else left), (_UNLIMITED if right is None else right)
-
-
-def _slopes(slopes: Tensor | None) -> Tensor | None:
-    return None if slopes is None else slopes.detach().to(torch.float32).contiguous()  # (h,)
-
-
-def cpu_fused_forward(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slopes: Tensor | None,
-                     scale: float, causal: bool, window: tuple[int | None, int | None] | None) -> tuple[Tensor, Tensor]:
-    """Run the C forward. kpm: (b|1, m) bool, True = may attend; slopes: (h,) ALiBi or None.
-    Returns out (b, h, n, e) in q's dtype and lse (b, h, n) float32, natural log of the scaled (and
-    ALiBi-biased) scores, +inf for rows that see nothing."""
-    p = _plan(q, k, v)
-    b, h, n, _ = q.shape
-    g, m, e = k.shape[1], k.shape[2], v.shape[3]
-    qp = _padded(q, p.n_pad, p.d2)  # (b, h, n_pad, d2)
-    kp = _tiled_pairs(_padded(k, p.m_pad, p.d2), p.kb, p.w)  # (b, g, m_pad/kb, d2/w, kb, w)
-    vp = _row_pairs(_padded(v, p.m_pad, p.e2), p.w)  # (b, g, m_pad/w, e2, w)
-    allowed, whole = _padding_bytes(kpm, m, p.m_pad, p.kb)
-    slopes = _slopes(slopes)
-    out = torch.empty(b, h, p.n_pad, p.e2, dtype=q.dtype)
-    lse = torch.empty(b, h, p.n_pad, dtype=torch.float32)
-    left, right = _window_sides(causal, window)
-    p.kernel.forward(q=qp, kp=kp, vp=vp, kpm=allowed, kpm_bstride=_batch_stride(allowed, p.m_pad), kpm_all=whole,
-                     slopes=slopes, out=out, lse=lse, b=b, h=h, g=g, n=n, m=m, n_pad=p.n_pad, m_pad=p.m_pad,
-                     d=p.d2, e=p.e2, scale=scale, left=left, right=right, nthreads=torch.get_num_threads())
-    return out[:, :, :n, :e], lse[:, :, :n]  # (b, h, n, e), (b, h, n)
-
-
-def cpu_fused_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, kpm: Tensor | None,
-                      slopes: Tensor | None, scale: float, causal: bool,
-                      window: tuple[int | None, int | None] | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the C backward. Returns float32 (dq (b, h, n, d), dk (b, g, m, d), dv (b, g, m, e))."""
-    p = _plan(q, k, v)
-    b, h, n, d = q.shape
-    g, m, e = k.shape[1], k.shape[2], v.shape[3]
-    qp = _padded(q, p.n_pad, p.d2)  # (b, h, n_pad, d2)
-    dop = _padded(dout.to(q.dtype), p.n_pad, p.e2)  # (b, h, n_pad, e2)
-    kpad, vpad = _padded(k, p.m_pad, p.d2), _padded(v, p.m_pad, p.e2)  # (b, g, m_pad, d2|e2)
-    kp = _tiled_pairs(kpad, p.kb, p.w)  # (b, g, m_pad/kb, d2/w, kb, w)
-    kvp = _row_pairs(kpad, p.w)  # (b, g, m_pad/w, d2, w)
-    vtp = _tiled_pairs(vpad, p.kb, p.w)  # (b, g, m_pad/kb, e2/w, kb, w)
-    qt, dot = _tiled_pairs(qp, p.qb, 1), _tiled_pairs(dop, p.qb, 1)  # (b, h, n_pad/qb, d2|e2, qb, 1)
-    delta = (dout.float() * out.float()).sum(-1)  # (b, h, n): rowsum(dO * O)
-    delta = F.pad(delta, (0, p.n_pad - n)).contiguous()
-    lse2 = F.pad(lse * _LOG2E, (0, p.n_pad - n), value=float("inf")).contiguous()  # padded rows see nothing
-    allowed, whole = _padding_bytes(kpm, m, p.m_pad, p.kb)
-    slopes = _slopes(slopes)
-    dq = torch.zeros(b, h, p.n_pad, p.d2)
-    dk, dv = torch.empty(b, g, p.m_pad, p.d2), torch.empty(b, g, p.m_pad, p.e2)
-    left, right = _window_sides(causal, window)
-    p.kernel.backward(q=qp, qt=qt, kp=kp, kvp=kvp, vtp=vtp, dout=dop, dot=dot, lse2=lse2, delta=delta, kpm=allowed,
-                      kpm_bstride=_batch_stride(allowed, p.m_pad), kpm_all=whole, slopes=slopes, dq=dq, dk=dk,
-                      dv=dv, b=b, h=h, g=g, n=n, m=m, n_pad=p.n_pad, m_pad=p.m_pad, d=p.d2, e=p.e2, scale=scale,
-                      left=left, right=right, nthreads=torch.get_num_threads())
-    return dq[:, :, :n, :d], dk[:, :, :m, :d], dv[:, :, :m, :e]
-
-
-def _batch_stride(allowed: Tensor | None, m_pad: int) -> int:
-    return 0 if allowed is None or allowed.shape[0] == 1 else m_pad
+from .spec import AttentionCall, key_padding_rows, window_sides
 
 
 # The kernel as PyTorch custom operators (torch.library): torch.compile and torch.export keep them as
 # single nodes, the fake implementations give their output shapes without running C, and autograd
 # is registered on the forward op. Window sides arrive resolved (causal folded in); -1 = unlimited.
+# q_seg/k_seg: segment ids (both or neither); mask: a general mask (not key padding), or None.
 def _window(left: int, right: int) -> tuple[int | None, int | None]:
     return (None if left < 0 else left), (None if right < 0 else right)
 
 
+def _pair(q_seg: Tensor | None, k_seg: Tensor | None) -> tuple[Tensor, Tensor] | None:
+    return None if q_seg is None or k_seg is None else (q_seg, k_seg)
+
+
 @torch.library.custom_op("selfattn::cpu_fused_fwd", mutates_args=(), device_types="cpu")
-def cpu_fused_fwd_op(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slopes: Tensor | None, scale: float,
-                     left: int, right: int) -> tuple[Tensor, Tensor]:
+def cpu_fused_fwd_op(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slopes: Tensor | None,
+                     q_seg: Tensor | None, k_seg: Tensor | None, mask: Tensor | None, scale: float, left: int,
+                     right: int) -> tuple[Tensor, Tensor]:
     """out (b, h, n, e) in q's dtype and lse (b, h, n) float32 of :func:`cpu_fused_forward`."""
-    return cpu_fused_forward(q, k, v, kpm, slopes, scale, False, _window(left, right))
+    return cpu_fused_forward(q, k, v, kpm, slopes, scale, False, _window(left, right), _pair(q_seg, k_seg), mask)
 
 
 @cpu_fused_fwd_op.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slopes: Tensor | None, scale: float, left: int,
-      right: int) -> tuple[Tensor, Tensor]:
+def _(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slopes: Tensor | None, q_seg: Tensor | None,
+      k_seg: Tensor | None, mask: Tensor | None, scale: float, left: int, right: int) -> tuple[Tensor, Tensor]:
     (b, h, n, _), e = q.shape, v.shape[3]
-    n_pad, e2 = _round_up(n, cpu_kernel.BLOCKS[0]), _round_up(e, 32)  # the real op returns views of these
+    n_pad, e2 = round_up(n, cpu_kernel.BLOCKS[0]), round_up(e, 32)  # the real op returns views of these
     out = q.new_empty(b, h, n_pad, e2)[:, :, :n, :e]  # (b, h, n, e)
     return out, q.new_empty(b, h, n_pad, dtype=torch.float32)[:, :, :n]  # (b, h, n)
 
 
 @torch.library.custom_op("selfattn::cpu_fused_bwd", mutates_args=(), device_types="cpu")
 def cpu_fused_bwd_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, kpm: Tensor | None,
-                     slopes: Tensor | None, scale: float, left: int, right: int) -> tuple[Tensor, Tensor, Tensor]:
+                     slopes: Tensor | None, q_seg: Tensor | None, k_seg: Tensor | None, mask: Tensor | None,
+                     scale: float, left: int, right: int) -> tuple[Tensor, Tensor, Tensor]:
     """dq, dk, dv in the inputs' dtypes of :func:`cpu_fused_backward`."""
-    dq, dk, dv = cpu_fused_backward(q, k, v, out, lse, dout, kpm, slopes, scale, False, _window(left, right))
+    dq, dk, dv = cpu_fused_backward(q, k, v, out, lse, dout, kpm, slopes, scale, False, _window(left, right),
+                                    _pair(q_seg, k_seg), mask)
     return dq.to(q.dtype).contiguous(), dk.to(k.dtype).contiguous(), dv.to(v.dtype).contiguous()
 
 
 @cpu_fused_bwd_op.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, kpm: Tensor | None,
-      slopes: Tensor | None, scale: float, left: int, right: int) -> tuple[Tensor, Tensor, Tensor]:
+      slopes: Tensor | None, q_seg: Tensor | None, k_seg: Tensor | None, mask: Tensor | None, scale: float,
+      left: int, right: int) -> tuple[Tensor, Tensor, Tensor]:
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-    q, k, v, kpm, slopes, scale, left, right = inputs
+    q, k, v, kpm, slopes, q_seg, k_seg, mask, scale, left, right = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, kpm, slopes)
+    ctx.save_for_backward(q, k, v, out, lse, kpm, slopes, q_seg, k_seg, mask)
     ctx.args = (scale, left, right)
 
 
 # lse is an internal statistic: no gradient flows through it
 def _backward(ctx: Any, dout: Tensor, _dlse: Tensor | None) -> tuple[Tensor | None, ...]:
-    q, k, v, out, lse, kpm, slopes = ctx.saved_tensors
-    dq, dk, dv = cpu_fused_bwd_op(q, k, v, out, lse, dout, kpm, slopes, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None
+    q, k, v, out, lse, kpm, slopes, q_seg, k_seg, mask = ctx.saved_tensors
+    dq, dk, dv = cpu_fused_bwd_op(q, k, v, out, lse, dout, kpm, slopes, q_seg, k_seg, mask, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 cpu_fused_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -216,25 +99,31 @@ cpu_fused_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def _attention(name: str, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float | None,
                dropout_p: float, window: tuple[int | None, int | None] | None, alibi_slopes: Tensor | None,
-               return_weights: bool) -> tuple[Tensor, None]:
-    kpm = key_padding_rows(name, mask, k.shape[2], dropout_p, return_weights)  # (b|1, m), True = may attend
+               return_weights: bool, segment_ids: tuple[Tensor, Tensor] | None) -> tuple[Tensor, None]:
+    if dropout_p > 0 or return_weights:
+        raise ValueError(f"{name} supports no dropout and no returned weights; got dropout_p={dropout_p}, "
+                         f"return_weights={return_weights}")
+    general = None if is_key_padding(mask) else mask  # any other mask the kernel reads in place
+    kpm = None if general is not None else key_padding_rows(name, mask, k.shape[2], 0.0, False)  # (b|1, m)
     if is_empty(q, k):
         return empty_result(q, k, v), None
-    if not all_finite(q, k, v):  # the rule for NaN/inf inputs lives in the reference (math_backend)
+    if not all_finite(q, k, v) or not bias_is_finite(general):  # the NaN/inf rule lives in math_backend
         return math_attention(q, k, v, mask=mask, causal=causal, scale=scale, window=window,
-                              alibi_slopes=alibi_slopes)[0], None
+                              alibi_slopes=alibi_slopes, segment_ids=segment_ids)[0], None
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not torch.compiler.is_compiling():  # build (or fail to) before any work; "auto" then falls back
         try:
-            cpu_kernel.kernel(_VARIANT[q.dtype])
+            cpu_kernel.kernel(VARIANT[q.dtype])
         except cpu_kernel.KernelUnavailable as exc:
             raise BackendUnavailable(str(exc)) from None
     slopes = None if alibi_slopes is None else alibi_slopes.detach()  # fixed per head: no gradient
     if not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
         # eager and no gradient: the same C forward without the operator's dispatch (measured ~30-45 us a call)
-        return cpu_fused_forward(q, k, v, kpm, slopes, scale, bool(causal), window)[0], None
+        return cpu_fused_forward(q, k, v, kpm, slopes, scale, bool(causal), window, segment_ids, general)[0], None
     left, right = window_sides(bool(causal), window)
-    out, _ = cpu_fused_fwd_op(q, k, v, kpm, slopes, scale, -1 if left is None else left, -1 if right is None else right)
+    q_seg, k_seg = (None, None) if segment_ids is None else segment_ids
+    out, _ = cpu_fused_fwd_op(q, k, v, kpm, slopes, q_seg, k_seg, None if general is None else general.detach(),
+                              scale, -1 if left is None else left, -1 if right is None else right)
     return out, None
 
 
@@ -242,22 +131,24 @@ def cpu_bf16_attention(
     q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
     scale: float | None = None, dropout_p: float = 0.0, window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None, return_weights: bool = False,
+    segment_ids: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, None]:
     """Exact bfloat16 attention in the C kernel (bf16 dot products); see the module docstring.
     The ALiBi slopes get no gradient here; the registry declines slopes that require one."""
     return _attention("cpu_bf16", q, k, v, mask, causal, scale, dropout_p, window, alibi_slopes,
-                      return_weights)
+                      return_weights, segment_ids)
 
 
 def cpu_f32_attention(
     q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
     scale: float | None = None, dropout_p: float = 0.0, window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None, return_weights: bool = False,
+    segment_ids: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, None]:
     """Exact float32 attention in the C kernel (FMAs); see the module docstring.
     The ALiBi slopes get no gradient here; the registry declines slopes that require one."""
     return _attention("cpu_f32", q, k, v, mask, causal, scale, dropout_p, window, alibi_slopes,
-                      return_weights)
+                      return_weights, segment_ids)
 
 
 def _supports(call: AttentionCall, name: str, dtype: torch.dtype) -> str | None:
@@ -265,8 +156,15 @@ def _supports(call: AttentionCall, name: str, dtype: torch.dtype) -> str | None:
         return f"only for {str(dtype).removeprefix('torch.')} inputs (got {call.dtype})"
     if call.device_type != "cpu":
         return f"only for CPU tensors (got {call.device_type})"
-    why = key_padding_kernel_declines(call, name)
-    return why if why is not None else cpu_kernel.unavailable_reason(_VARIANT[dtype])  # pure: never compiles
+    if call.return_weights:
+        return f"{name} never forms the attention weights, so it cannot return them (use backend 'math' to get them)"
+    if call.dropout_p > 0:
+        return f"dropout on the attention weights is not implemented in the {name} kernel"
+    if call.alibi_requires_grad:
+        return f"the ALiBi slopes require a gradient, which the {name} kernel does not compute"
+    if call.mask_requires_grad:
+        return f"the additive mask requires a gradient, which the {name} kernel does not compute"
+    return cpu_kernel.unavailable_reason(VARIANT[dtype])  # pure: never compiles
 
 
 def cpu_bf16_supports(call: AttentionCall) -> str | None:
@@ -289,6 +187,19 @@ AUTO_MIN_QUERIES = 64
 AUTO_F32_PLAIN_FORWARD_MIN_SCORES = 4096 * 4096  # below: SDPA for mask-free float32 forwards
 
 
+# General masks (benchmarks: 1 thread, B=1, H=8, D=64, a random boolean (1, 1, N, N) mask, every block on a
+# mask edge; 2-core Intel Xeon with AMX, other jobs running): the kernel's per-element mask reads cost more than
+# SDPA's explicit mask. bf16 ms, kernel vs SDPA: N 512 fwd 24.6 vs 16.1, fwd+bwd 49.3 vs 34.3; N 1024 fwd
+# 126 vs 53, fwd+bwd 242 vs 176. float32: N 512 fwd 15.0 vs 26.3, fwd+bwd 45.0 vs 45.9; N 1024 fwd 68 vs 65,
+# fwd+bwd 151 vs 213. "auto" leaves general masks to SDPA; the kernel serves them when asked (memory O(N)
+# beyond the mask, block pairs a mask rules out skipped).
+def _general_mask_declines(call: AttentionCall) -> str | None:
+    if call.mask_kind == "float" or (call.mask_kind == "bool" and not call.key_padding_only):
+        return ("a general (not key-padding) mask: the kernel's per-element mask reads measured slower than "
+                "SDPA's explicit mask (bf16 0.4-0.7x; see cpu_fused.py)")
+    return None
+
+
 def _short(call: AttentionCall, variant: str) -> str | None:
     if call.q_len < AUTO_MIN_QUERIES:
         return (f"{call.q_len} queries fill a fraction of the kernel's {cpu_kernel.BLOCKS[0]}-row "
@@ -298,12 +209,12 @@ def _short(call: AttentionCall, variant: str) -> str | None:
 
 def cpu_bf16_auto_declines(call: AttentionCall) -> str | None:
     """Why "auto" should not pick cpu_bf16 although it could serve the call (measured, see above)."""
-    return cpu_bf16_supports(call) or _short(call, "bf16")
+    return cpu_bf16_supports(call) or _short(call, "bf16") or _general_mask_declines(call)
 
 
 def cpu_f32_auto_declines(call: AttentionCall) -> str | None:
     """Why "auto" should not pick cpu_f32 although it could serve the call (measured, see above)."""
-    why = cpu_f32_supports(call) or _short(call, "f32")
+    why = cpu_f32_supports(call) or _short(call, "f32") or _general_mask_declines(call)
     if why is not None:
         return why
     plain = (call.mask_kind == "none" and call.window is None and not call.alibi and not call.causal)

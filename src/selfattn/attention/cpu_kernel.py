@@ -44,7 +44,7 @@ import filelock
 from .kernel_abi import ABI, Kernel
 
 SOURCE = Path(__file__).with_name("csrc") / "flash_cpu.c"
-KERNEL_VERSION = 2  # must equal SELFATTN_KERNEL_VERSION in csrc/flash_cpu.c
+KERNEL_VERSION = 4  # must equal SELFATTN_KERNEL_VERSION in csrc/flash_cpu.c
 BLOCKS = (64, 64)  # (query rows, keys) per block: QB, KB in csrc/flash_cpu.c, checked at load
 ELEM_BYTES = {"bf16": 2, "f32": 4}
 _COMMON = ["-O3", "-std=c11", "-fPIC", "-shared", "-fopenmp", "-mfma", "-mavx512f"]

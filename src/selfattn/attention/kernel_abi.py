@@ -1,6 +1,6 @@
 """The C kernel's entry points as one typed table, and the wrapper that checks every call against it.
 
-``selfattn_flash_fwd`` takes 23 positional arguments and ``selfattn_flash_bwd`` 29; a wrong order or a
+``selfattn_flash_fwd`` takes 30 positional arguments and ``selfattn_flash_bwd`` 36; a wrong order or a
 tensor of the wrong size would be read as garbage by C. Here each argument is declared once — name,
 kind and, for buffers, the number of elements the C side reads or writes — in the C signature's
 order. The ctypes ``argtypes`` are derived from that table, and :meth:`Kernel.forward` /
@@ -8,7 +8,9 @@ order. The ctypes ``argtypes`` are derived from that table, and :meth:`Kernel.fo
 device and size before the call (``ValueError`` "expected X, got Y").
 
 Legend: b batch, h query heads, g kv heads, n/m queries/keys (padded: n_pad, m_pad), d/e head dims
-(padded to 32). Layouts are described in ``csrc/flash_cpu.c``. Mask bytes: 1 = may attend.
+(padded to 32). Layouts are described in ``csrc/flash_cpu.c``. Mask bytes: 1 = may attend; segment ids:
+query i may attend key j only when qseg[i] == kseg[j]; a general mask (bytes) or bias (float32) is read at
+its strides msb, msh, msn (0 = broadcast; keys contiguous).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ Dims = dict[str, int]
 
 class Arg(NamedTuple):
     name: str
-    kind: str  # "elem" (bf16|f32 operand), "f32", "u8" buffers; "i64", "float", "int" scalars
+    kind: str  # "elem" (bf16|f32 operand), "f32", "u8", "i32" buffers; "i64", "float", "int" scalars
     numel: Callable[[Dims], int] | None = None  # buffers: elements the C side touches
     optional: bool = False  # a buffer that may be None (passed as NULL)
 
@@ -36,11 +38,20 @@ def _rows(s: Dims) -> int:  # key-padding rows: b when each batch row has its ow
     return s["b"] if s["kpm_bstride"] else 1
 
 
+def _extent(s: Dims) -> int:  # elements of a compact (b|1, h|1, n|1, m) mask at strides msb, msh, msn
+    return (s["b"] - 1) * s["msb"] + (s["h"] - 1) * s["msh"] + (s["n"] - 1) * s["msn"] + s["m"]
+
+
 _PADDING = [
     Arg("kpm", "u8", lambda s: _rows(s) * s["m_pad"], optional=True),
     Arg("kpm_bstride", "i64"),
     Arg("kpm_all", "u8", lambda s: _rows(s) * (s["m_pad"] // s["kb"]), optional=True),
     Arg("slopes", "f32", lambda s: s["h"], optional=True),
+    Arg("qseg", "i32", lambda s: s["b"] * s["n_pad"], optional=True),  # segment ids, or both None
+    Arg("kseg", "i32", lambda s: s["b"] * s["m_pad"], optional=True),
+    Arg("mask", "u8", lambda s: _extent(s), optional=True),  # a general mask, or a bias: never both
+    Arg("bias", "f32", lambda s: _extent(s), optional=True),
+    Arg("msb", "i64"), Arg("msh", "i64"), Arg("msn", "i64"),
 ]
 _SIZES = [Arg(x, "i64") for x in ("b", "h", "g", "n", "m", "n_pad", "m_pad", "d", "e")] + [
     Arg("scale", "float"), Arg("left", "i64"), Arg("right", "i64"), Arg("nthreads", "int")]
@@ -61,10 +72,10 @@ BACKWARD = [Arg("q", "elem", _q("d")), Arg("qt", "elem", _q("d")), Arg("kp", "el
             Arg("dot", "elem", _q("e")), Arg("lse2", "f32", lambda s: s["b"] * s["h"] * s["n_pad"]),
             Arg("delta", "f32", lambda s: s["b"] * s["h"] * s["n_pad"]), *_PADDING,
             Arg("dq", "f32", _q("d")), Arg("dk", "f32", _k("d")), Arg("dv", "f32", _k("e")), *_SIZES]
-_CTYPES = {"elem": ctypes.c_void_p, "f32": ctypes.c_void_p, "u8": ctypes.c_void_p, "i64": ctypes.c_int64,
-           "float": ctypes.c_float, "int": ctypes.c_int}
+_CTYPES = {"elem": ctypes.c_void_p, "f32": ctypes.c_void_p, "u8": ctypes.c_void_p, "i32": ctypes.c_void_p,
+           "i64": ctypes.c_int64, "float": ctypes.c_float, "int": ctypes.c_int}
 ABI = {"bf16": torch.bfloat16, "f32": torch.float32}  # variant -> operand dtype ("elem")
-_DTYPES = {"f32": torch.float32, "u8": torch.uint8}
+_DTYPES = {"f32": torch.float32, "u8": torch.uint8, "i32": torch.int32}
 _NAMES = {id(t): frozenset(a.name for a in t) for t in (FORWARD, BACKWARD)}  # table -> its argument names
 
 
@@ -81,6 +92,9 @@ def _check_dims(s: Dims, qb: int, kb: int) -> None:
             bad(name, "a positive multiple of 32")
     if s["g"] <= 0 or s["h"] % s["g"]:
         bad("h", f"a multiple of g={s['g']}")
+    for name in ("msb", "msh", "msn"):
+        if s[name] < 0:
+            bad(name, "a stride >= 0")
     if s["kpm_bstride"] not in (0, s["m_pad"]):
         bad("kpm_bstride", f"0 or m_pad={s['m_pad']}")
 
@@ -131,6 +145,10 @@ class Kernel:
         dims = {a.name: int(kwargs[a.name]) for a in table if a.numel is None and a.kind != "float"}
         dims["kb"] = self.kb
         _check_dims(dims, self.qb, self.kb)
+        if (kwargs["qseg"] is None) != (kwargs["kseg"] is None):
+            raise ValueError("kernel arguments qseg, kseg: expected both or neither, got one")
+        if kwargs["mask"] is not None and kwargs["bias"] is not None:
+            raise ValueError("kernel arguments mask, bias: expected at most one, got both")
         values = [_pointer(a, kwargs[a.name], self.elem, dims) if a.numel is not None else kwargs[a.name]
                   for a in table]
         if fn(*values) != 0:

@@ -5,7 +5,9 @@
    and walks the key blocks of KB keys that its rows may see; each backward task owns one key
    block and walks the query blocks that see it. Scores, softmax statistics and accumulators stay
    in float32 in cache-sized buffers; no n x m tensor exists. Causal/window blocks that no row
-   may see are skipped; only blocks on a mask edge are masked element by element.
+   may see are skipped, and so are blocks whose segment ids (packed rows) no query and key share and
+   blocks that a general mask rules out entirely; only blocks on a mask edge are masked element by
+   element. A general mask is read in place at its own (broadcast) strides: no n x m copy.
 
    One source, two builds (cpu_kernel.py compiles it with gcc and loads it with ctypes):
      bfloat16 (default): operands are bf16 and both products run on the bf16 dot-product units
@@ -16,7 +18,10 @@
 
    Legend: b batch, h query heads, g kv heads (h = g * r), n queries, m keys, d/e head dims
    (padded to multiples of 32), QB/KB query/key block sizes, W values per pair.
-   Mask convention: a key-padding byte 1 = may attend. Query i sits at key position
+   Mask convention: a key-padding byte 1 = may attend; with segment ids, query i may attend key j
+   only when qseg[i] == kseg[j] (packed documents; ids need not be sorted); a general boolean mask
+   byte 1 = may attend, and an additive float32 bias is added to the logits (-inf = may not attend).
+   Query i sits at key position
    p = i + m - n (bottom-right alignment) and may attend keys p - left <= j <= p + right
    (causal is right = 0); a row that may attend nothing gets output 0 and lse = +inf.
 
@@ -25,6 +30,9 @@
      kp  (b, g, m_pad/KB, d/W, KB, W) per key block: kp[..., J, t, j, s] = k[..., KB J + j, W t + s]
      vp  (b, g, m_pad/W, e, W)        vp[..., t, c, s] = v[..., W t + s, c]
      out (b, h, n_pad, e) elem_t, lse (b, h, n_pad) float32 (natural log of the scaled scores)
+     qseg (b, n_pad), kseg (b, m_pad) int32 segment ids (padding rows/keys repeat the last id)
+     mask (u8) or bias (float32): element (bi, hi, i, j) at bi*msb + hi*msh + i*msn + j, i < n, j < m
+       (a stride 0 broadcasts that dimension)
 */
 #include <immintrin.h>
 #include <math.h>
@@ -36,7 +44,7 @@
 
 /* The calling convention of the entry points below; cpu_kernel.py refuses a library reporting another
    (bump both together whenever an entry point's arguments or a layout change). */
-#define SELFATTN_KERNEL_VERSION 2
+#define SELFATTN_KERNEL_VERSION 4
 
 #define QB 64
 #define KB 64
@@ -166,6 +174,10 @@ typedef struct {
     const float *slopes;                       /* (h,) ALiBi slopes or NULL */
     const float *lse2, *delta;                 /* backward: base-2 lse and rowsum(dO * O), (b, h, n_pad) */
     const uint8_t *kpm, *kpm_all;
+    const int32_t *qseg, *kseg;                /* (b, n_pad), (b, m_pad) segment ids, or both NULL */
+    const uint8_t *mask;                       /* a general boolean mask, or NULL */
+    const float *bias;                         /* an additive float mask, or NULL (never both) */
+    int64_t msb, msh, msn;                     /* their batch, head and query strides (keys: 1) */
     int64_t kpm_bstride, b, h, g, n, m, n_pad, m_pad, d, e, left, right;
     float scale, scale2;                       /* scale2 = scale * log2(e): scores in base 2 */
     elem_t *out;                               /* forward outputs */
@@ -174,10 +186,84 @@ typedef struct {
     omp_lock_t *locks;                         /* one per (b, h, query block) guarding dq */
 } attn_args;
 
-/* Batch row bi's key-padding bytes and per-key-block "all allowed" bytes (NULL when no mask). */
-static inline void padding_of(const attn_args *a, int64_t bi, const uint8_t **kpm, const uint8_t **all) {
-    *kpm = a->kpm ? a->kpm + bi * a->kpm_bstride : NULL;
-    *all = a->kpm_all ? a->kpm_all + bi * (a->kpm_bstride ? a->m_pad / KB : 0) : NULL;
+/* Batch row bi's key-padding bytes (NULL when no mask). */
+static inline const uint8_t *padding_of(const attn_args *a, int64_t bi) {
+    return a->kpm ? a->kpm + bi * a->kpm_bstride : NULL;
+}
+
+/* Batch row bi's per-key-block "all allowed" key-padding bytes (NULL when no mask). */
+static inline const uint8_t *padding_blocks_of(const attn_args *a, int64_t bi) {
+    return a->kpm_all ? a->kpm_all + bi * (a->kpm_bstride ? a->m_pad / KB : 0) : NULL;
+}
+
+/* Batch row bi's segment ids (both NULL when there are none). */
+static inline void segments_of(const attn_args *a, int64_t bi, const int32_t **qs, const int32_t **ks) {
+    const int both = a->qseg && a->kseg;
+    *qs = both ? a->qseg + bi * a->n_pad : NULL;
+    *ks = both ? a->kseg + bi * a->m_pad : NULL;
+}
+
+static inline void id_range(const int32_t *s, int64_t len, int32_t *lo, int32_t *hi) {
+    int32_t l = s[0], h = s[0];
+    for (int64_t x = 1; x < len; x++) {
+        l = s[x] < l ? s[x] : l;
+        h = s[x] > h ? s[x] : h;
+    }
+    *lo = l;
+    *hi = h;
+}
+
+/* What one constraint lets query rows [i0, i0+QB) see of keys [j0, j0+KB): nothing (the pair is
+   skipped), everything (no per-element masking for it), or some (masked per element). */
+enum { SEES_NONE, SEES_SOME, SEES_ALL };
+
+/* The segments: disjoint id ranges see nothing, one id on both sides everything. */
+static int segment_overlap(const int32_t *qs, const int32_t *ks, int64_t i0, int64_t j0) {
+    if (!qs) return SEES_ALL;
+    int32_t qlo, qhi, klo, khi;
+    id_range(qs + i0, QB, &qlo, &qhi);
+    id_range(ks + j0, KB, &klo, &khi);
+    if (qhi < klo || khi < qlo) return SEES_NONE;
+    return qlo == qhi && klo == khi ? SEES_ALL : SEES_SOME;
+}
+
+/* Row i (< n) of query head `head` in batch row bi of the general mask or bias (NULL when none). */
+static inline const uint8_t *mask_row(const attn_args *a, int64_t bi, int64_t head, int64_t i) {
+    return a->mask ? a->mask + bi * a->msb + head * a->msh + i * a->msn : NULL;
+}
+
+static inline const float *bias_row(const attn_args *a, int64_t bi, int64_t head, int64_t i) {
+    return a->bias ? a->bias + bi * a->msb + head * a->msh + i * a->msn : NULL;
+}
+
+/* The general mask over the pair's real rows and keys: nothing allowed (every byte 0 / every bias
+   -inf), everything (every byte 1; a bias is always added element by element: some), or some. */
+static int mask_overlap(const attn_args *a, int64_t bi, int64_t head, int64_t i0, int64_t j0) {
+    if (!a->mask && !a->bias) return SEES_ALL;
+    const int64_t rows = a->n - i0 < QB ? a->n - i0 : QB, cols = a->m - j0 < KB ? a->m - j0 : KB;
+    int any = 0, all = 1;
+    for (int64_t r = 0; r < rows; r++) {
+        if (a->mask) {
+            const uint8_t *row = mask_row(a, bi, head, i0 + r) + j0;
+            for (int64_t c = 0; c < cols; c++) { any |= row[c]; all &= row[c]; }
+        } else {
+            const float *row = bias_row(a, bi, head, i0 + r) + j0;
+            for (int64_t c = 0; c < cols; c++) any |= row[c] != -INFINITY;
+            all = 0;
+        }
+        if (any && !all) return SEES_SOME;
+    }
+    return !any ? SEES_NONE : all ? SEES_ALL : SEES_SOME;
+}
+
+/* Every constraint on the pair: SEES_NONE skips it; masked = some element must be masked. */
+static int pair_overlap(const attn_args *a, int64_t bi, int64_t head, int64_t i0, int64_t j0, int *masked) {
+    const int32_t *qs, *ks;
+    segments_of(a, bi, &qs, &ks);
+    const int seg = segment_overlap(qs, ks, i0, j0);
+    const int gen = seg == SEES_NONE ? SEES_NONE : mask_overlap(a, bi, head, i0, j0);
+    *masked = seg != SEES_ALL || gen != SEES_ALL;
+    return gen == SEES_NONE ? SEES_NONE : SEES_SOME;
 }
 
 /* Keys [lo, hi) that query row i may attend (before key padding). */
@@ -195,10 +281,35 @@ static int block_is_full(const attn_args *a, int64_t i0, int64_t j0, const uint8
     return j0 >= lo_last && j0 + KB <= hi_first && (!kpm_all || kpm_all[j0 / KB]);
 }
 
-/* One row of raw scores q·k (KB keys from j0) -> base-2 logits: times scale2, minus the ALiBi
-   distance penalty slope2 * |p - j| (Press et al., 2022), -inf where the row may not attend. */
-static inline void logits_row(const attn_args *a, float *s, int64_t i, int64_t j0,
-                              const uint8_t *kpm, int masked, float slope2) {
+/* The 16 keys from j (< m) that a general mask row allows, as lane bits; lanes at or past m are 0. */
+static inline __mmask16 mask_lanes(const uint8_t *row, int64_t j, int64_t m) {
+    if (j + 16 <= m)
+        return _mm512_test_epi32_mask(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + j))),
+                                      _mm512_set1_epi32(0xff));
+    __mmask16 ok = 0;
+    for (int64_t t = 0; j + t < m && t < 16; t++) ok |= (__mmask16)((row[j + t] != 0) << t);
+    return ok;
+}
+
+/* One row of raw scores q·k (KB keys from j0) of query head `head` in batch row bi -> base-2 logits:
+   times scale2, plus the bias (times log2 e), minus the ALiBi distance penalty slope2 * |p - j| (Press
+   et al., 2022), -inf where the row may not attend (outside its range, key padding, a key of another
+   segment, a general mask's 0). A padding row (i >= n) under a general mask or bias sees nothing. */
+static inline void logits_row(const attn_args *a, float *s, int64_t bi, int64_t head, int64_t i, int64_t j0,
+                              int masked, float slope2) {
+    const uint8_t *kpm = padding_of(a, bi), *mrow = NULL;
+    const int32_t *qs, *ks;
+    const float *brow = NULL;
+    segments_of(a, bi, &qs, &ks);
+    const int32_t qid = qs ? qs[i] : 0;
+    if (masked && (a->mask || a->bias)) {
+        if (i >= a->n) {
+            for (int c = 0; c < KB; c += 16) _mm512_storeu_ps(s + c, _mm512_set1_ps(-INFINITY));
+            return;
+        }
+        mrow = mask_row(a, bi, head, i);
+        brow = bias_row(a, bi, head, i);
+    }
     const __m512 vs = _mm512_set1_ps(a->scale2), ninf = _mm512_set1_ps(-INFINITY);
     const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i iota_i = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -223,6 +334,14 @@ static inline void logits_row(const attn_args *a, float *s, int64_t i, int64_t j
             if (kpm)
                 ok &= _mm512_test_epi32_mask(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(kpm + j0 + c))),
                                              _mm512_set1_epi32(0xff));
+            if (ks)
+                ok &= _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(ks + j0 + c), _mm512_set1_epi32(qid));
+            if (mrow) ok &= mask_lanes(mrow, j0 + c, a->m);
+            if (brow) { /* lanes at or past m read nothing; the range mask removes them */
+                const int64_t left = a->m - (j0 + c);
+                __mmask16 in = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+                x = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(in, brow + j0 + c), _mm512_set1_ps(LOG2E), x);
+            }
             x = _mm512_mask_blend_ps(ok, ninf, x);
         }
         _mm512_storeu_ps(s + c, x);
@@ -232,11 +351,11 @@ static inline void logits_row(const attn_args *a, float *s, int64_t i, int64_t j
 /* One block of logits: update each row's running max and sum, rescale its output row, write P
    (elem_t) for the P.V product. */
 static void softmax_block(const attn_args *a, float *S, elem_t *P, float *O, float *mrow, float *lrow,
-                          int64_t i0, int64_t j0, const uint8_t *kpm, int masked, float slope2) {
+                          int64_t bi, int64_t head, int64_t i0, int64_t j0, int masked, float slope2) {
     const int64_t e = a->e;
     for (int r = 0; r < QB; r++) {
         float *s = S + r * KB;
-        logits_row(a, s, i0 + r, j0, kpm, masked, slope2);
+        logits_row(a, s, bi, head, i0 + r, j0, masked, slope2);
         __m512 vmax = _mm512_loadu_ps(s);
         for (int c = 16; c < KB; c += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(s + c));
         float bmax = _mm512_reduce_max_ps(vmax);
@@ -270,8 +389,7 @@ static void forward_task(const attn_args *a, int64_t bi, int64_t head, int64_t i
     const int64_t gi = head / (a->h / a->g);
     const elem_t *q = a->q + bh * a->n_pad * d, *kp = a->kp + (bi * a->g + gi) * m_pad * d;
     const elem_t *vp = a->vp + (bi * a->g + gi) * m_pad * e;
-    const uint8_t *kpm, *all;
-    padding_of(a, bi, &kpm, &all);
+    const uint8_t *all = padding_blocks_of(a, bi);
     const float slope2 = a->slopes ? a->slopes[head] * LOG2E : 0.0f;
     float mrow[QB], lrow[QB];
     for (int r = 0; r < QB; r++) { mrow[r] = -INFINITY; lrow[r] = 0.0f; }
@@ -280,10 +398,13 @@ static void forward_task(const attn_args *a, int64_t bi, int64_t head, int64_t i
     row_range(a, i0, &lo, &hi_first);
     row_range(a, i0 + QB - 1, &lo_last, &hi); /* both bounds grow with the row */
     for (int64_t j0 = (lo / KB) * KB; j0 < hi; j0 += KB) {
+        int masked;
+        if (pair_overlap(a, bi, head, i0, j0, &masked) == SEES_NONE) continue;
+        masked = masked || !block_is_full(a, i0, j0, all);
         for (int rt = 0; rt < QB; rt += 8)  /* S (QB, KB) = Q (QB, d) . Kᵀ */
             for (int ct = 0; ct < KB; ct += 32)
                 mk_8x32(q + (i0 + rt) * d, d, kp + j0 * d + W * ct, W * KB, d / W, S + rt * KB + ct, KB, 0);
-        softmax_block(a, S, P, O, mrow, lrow, i0, j0, kpm, !block_is_full(a, i0, j0, all), slope2);
+        softmax_block(a, S, P, O, mrow, lrow, bi, head, i0, j0, masked, slope2);
         for (int rt = 0; rt < QB; rt += 8)  /* O (QB, e) += P (QB, KB) . V (KB, e) */
             for (int64_t ct = 0; ct < e; ct += 32)
                 mk_8x32(P + rt * KB, KB, vp + j0 * e + W * ct, W * e, KB / W, O + rt * e + ct, e, 1);
@@ -324,15 +445,19 @@ static void forward_all(const attn_args *a, int nthreads, atomic_int *failed) {
 /* Forward entry point. left/right: window sides (a huge value = unlimited; causal caps right at 0).
    kpm: (b, m) bytes, 1 = may attend, batch stride kpm_bstride (0 = shared) or NULL; kpm_all:
    (b, m_pad / KB) bytes, 1 = every key of that block may be attended (same strides), or NULL.
-   slopes: (h,) ALiBi slopes or NULL. Returns 0, or -1 when scratch buffers cannot be allocated. */
+   slopes: (h,) ALiBi slopes or NULL. qseg (b, n_pad), kseg (b, m_pad): int32 segment ids, or both NULL.
+   mask (bytes, 1 = may attend) or bias (float32, added): a general mask at strides msb, msh, msn, or NULL.
+   Returns 0, or -1 when scratch buffers cannot be allocated. */
 int selfattn_flash_fwd(const elem_t *q, const elem_t *kp, const elem_t *vp, const uint8_t *kpm,
                        int64_t kpm_bstride, const uint8_t *kpm_all, const float *slopes,
-                       elem_t *out, float *lse, int64_t b, int64_t h, int64_t g, int64_t n,
-                       int64_t m, int64_t n_pad, int64_t m_pad, int64_t d, int64_t e,
-                       float scale, int64_t left, int64_t right, int nthreads) {
+                       const int32_t *qseg, const int32_t *kseg, const uint8_t *mask, const float *bias,
+                       int64_t msb, int64_t msh, int64_t msn, elem_t *out, float *lse, int64_t b,
+                       int64_t h, int64_t g, int64_t n, int64_t m, int64_t n_pad, int64_t m_pad,
+                       int64_t d, int64_t e, float scale, int64_t left, int64_t right, int nthreads) {
     attn_args a = {0};
     a.q = q; a.kp = kp; a.vp = vp; a.kpm = kpm; a.kpm_bstride = kpm_bstride; a.kpm_all = kpm_all;
-    a.slopes = slopes; a.out = out; a.lse = lse;
+    a.slopes = slopes; a.qseg = qseg; a.kseg = kseg; a.out = out; a.lse = lse;
+    a.mask = mask; a.bias = bias; a.msb = msb; a.msh = msh; a.msn = msn;
     a.b = b; a.h = h; a.g = g; a.n = n; a.m = m; a.n_pad = n_pad; a.m_pad = m_pad; a.d = d; a.e = e;
     a.scale = scale; a.scale2 = scale * LOG2E; a.left = left; a.right = right;
     atomic_int failed = 0;
@@ -359,13 +484,14 @@ typedef struct {
 } bwd_scratch;
 
 /* P (in S) and dS (in dP) for one (query block, key block) pair; fills PI, dSI, dSr. */
-static void bwd_probs(const attn_args *a, bwd_scratch *w, int64_t bh, int64_t i0, int64_t j0,
-                      const uint8_t *kpm, int masked, float slope2) {
+static void bwd_probs(const attn_args *a, bwd_scratch *w, int64_t bi, int64_t head, int64_t i0, int64_t j0,
+                      int masked, float slope2) {
+    const int64_t bh = bi * a->h + head;
     const float *lse2 = a->lse2 + bh * a->n_pad, *delta = a->delta + bh * a->n_pad;
     __m512 vsc = _mm512_set1_ps(a->scale);
     for (int r = 0; r < QB; r++) {
         float *s = w->S + r * KB, *dp = w->dP + r * KB;
-        logits_row(a, s, i0 + r, j0, kpm, masked, slope2);
+        logits_row(a, s, bi, head, i0 + r, j0, masked, slope2);
         const float l = lse2[i0 + r], dl = delta[i0 + r];
         __m512 vl = _mm512_set1_ps(l), vd = _mm512_set1_ps(dl);
         if (fabsf(l) < 1048576.0f && isfinite(dl)) { /* the usual row: finite lse (|lse2| < 2^20), delta */
@@ -399,22 +525,22 @@ static void bwd_probs(const attn_args *a, bwd_scratch *w, int64_t bh, int64_t i0
 }
 
 /* One (query block i0 of one head, key block j0) pair: dVᵀ, dKᵀ into dvt, dkt; dQ into w->dQl
-   (overwritten when first, else accumulated). */
+   (overwritten when first, else accumulated). masked: from the pair's pair_overlap. */
 static void bwd_pair(const attn_args *a, bwd_scratch *w, int64_t bi, int64_t head, int64_t gi,
-                     int64_t i0, int64_t j0, float *dkt, float *dvt, int first) {
+                     int64_t i0, int64_t j0, float *dkt, float *dvt, int first, int masked) {
     const int64_t n_pad = a->n_pad, m_pad = a->m_pad, d = a->d, e = a->e, bh = bi * a->h + head;
     const elem_t *q = a->q + bh * n_pad * d, *qt = a->qt + bh * d * n_pad;
     const elem_t *dout = a->dout + bh * n_pad * e, *dot = a->dot + bh * e * n_pad;
     const elem_t *kp = a->kp + (bi * a->g + gi) * m_pad * d, *kvp = a->kvp + (bi * a->g + gi) * m_pad * d;
     const elem_t *vtp = a->vtp + (bi * a->g + gi) * m_pad * e;
-    const uint8_t *kpm, *all;
-    padding_of(a, bi, &kpm, &all);
+    const uint8_t *all = padding_blocks_of(a, bi);
     for (int rt = 0; rt < QB; rt += 8)  /* S = Q Kᵀ and dP = dO Vᵀ, (QB, KB) each */
         for (int ct = 0; ct < KB; ct += 32) {
             mk_8x32(q + (i0 + rt) * d, d, kp + j0 * d + W * ct, W * KB, d / W, w->S + rt * KB + ct, KB, 0);
             mk_8x32(dout + (i0 + rt) * e, e, vtp + j0 * e + W * ct, W * KB, e / W, w->dP + rt * KB + ct, KB, 0);
         }
-    bwd_probs(a, w, bh, i0, j0, kpm, !block_is_full(a, i0, j0, all), a->slopes ? a->slopes[head] * LOG2E : 0.0f);
+    masked = masked || !block_is_full(a, i0, j0, all);
+    bwd_probs(a, w, bi, head, i0, j0, masked, a->slopes ? a->slopes[head] * LOG2E : 0.0f);
     for (int64_t rt = 0; rt < e; rt += 8)  /* dVᵀ (e, KB) += dOᵀ (e, QB) . P (QB, KB) */
         for (int ct = 0; ct < KB; ct += 32)
             mk_8x32(dot + i0 * e + rt * QB, QB, w->PI + W * ct, W * KB, QB / W, dvt + rt * KB + ct, KB, 1);
@@ -453,7 +579,10 @@ static void bwd_task(const attn_args *a, bwd_scratch *w, int64_t bi, int64_t gi,
             for (int s = 0; s < nblk; s++) {
                 int64_t jb = j0 + s * KB;
                 if (hi2 <= jb || lo >= jb + KB || lo >= hi2) continue; /* no row of the block sees these keys */
-                bwd_pair(a, w, bi, gi * r_per_g + rr, gi, i0, jb, w->dKT + s * d * KB, w->dVT + s * e * KB, first);
+                int masked;
+                if (pair_overlap(a, bi, gi * r_per_g + rr, i0, jb, &masked) == SEES_NONE) continue; /* nor masks */
+                bwd_pair(a, w, bi, gi * r_per_g + rr, gi, i0, jb, w->dKT + s * d * KB, w->dVT + s * e * KB, first,
+                         masked);
                 first = 0;
             }
             if (!first) add_dq(a, w, bi * a->h + gi * r_per_g + rr, i0);
@@ -503,14 +632,17 @@ static void backward_all(const attn_args *a, int nthreads, atomic_int *failed) {
 int selfattn_flash_bwd(const elem_t *q, const elem_t *qt, const elem_t *kp, const elem_t *kvp,
                        const elem_t *vtp, const elem_t *dout, const elem_t *dot, const float *lse2,
                        const float *delta, const uint8_t *kpm, int64_t kpm_bstride,
-                       const uint8_t *kpm_all, const float *slopes, float *dq, float *dk,
+                       const uint8_t *kpm_all, const float *slopes, const int32_t *qseg,
+                       const int32_t *kseg, const uint8_t *mask, const float *bias, int64_t msb,
+                       int64_t msh, int64_t msn, float *dq, float *dk,
                        float *dv, int64_t b, int64_t h, int64_t g, int64_t n, int64_t m,
                        int64_t n_pad, int64_t m_pad, int64_t d, int64_t e, float scale,
                        int64_t left, int64_t right, int nthreads) {
     attn_args a = {0};
     a.q = q; a.qt = qt; a.kp = kp; a.kvp = kvp; a.vtp = vtp; a.dout = dout; a.dot = dot;
     a.lse2 = lse2; a.delta = delta; a.kpm = kpm; a.kpm_bstride = kpm_bstride; a.kpm_all = kpm_all;
-    a.slopes = slopes; a.dq = dq; a.dk = dk; a.dv = dv;
+    a.slopes = slopes; a.qseg = qseg; a.kseg = kseg; a.dq = dq;
+    a.mask = mask; a.bias = bias; a.msb = msb; a.msh = msh; a.msn = msn; a.dk = dk; a.dv = dv;
     a.b = b; a.h = h; a.g = g; a.n = n; a.m = m; a.n_pad = n_pad; a.m_pad = m_pad; a.d = d; a.e = e;
     a.scale = scale; a.scale2 = scale * LOG2E; a.left = left; a.right = right;
     const int64_t nlocks = b * h * (n_pad / QB);

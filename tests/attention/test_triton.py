@@ -74,6 +74,10 @@ def test_supports_cuda_bf16_gqa_causal_window_padding(compiled_mode):
     pad = torch.ones(1, 1, 1, 8, dtype=torch.bool)
     assert triton_backend.triton_supports(_call()) is None
     assert triton_backend.triton_supports(_call(mask=pad, window=(3, 0))) is None
+    for mask in (torch.ones(1, 4, 8, 8, dtype=torch.bool), torch.zeros(1, 1, 8, 8)):  # general, float: in place
+        assert triton_backend.triton_supports(_call(mask=mask)) is None
+    seg = torch.zeros(1, 8, dtype=torch.long)  # segment ids natively
+    assert triton_backend.triton_supports(_call(segment_ids=(seg, seg))) is None
     assert triton_backend.triton_supports(_call(q=torch.randn(1, 4, 8, 48, dtype=torch.float16),
                                                 k=torch.randn(1, 1, 8, 48, dtype=torch.float16),
                                                 v=torch.randn(1, 1, 8, 48, dtype=torch.float16))) is None
@@ -82,8 +86,7 @@ def test_supports_cuda_bf16_gqa_causal_window_padding(compiled_mode):
 @pytest.mark.parametrize("overrides, words", [
     (dict(return_weights=True), "weights"),
     (dict(dropout_p=0.1), "dropout"),
-    (dict(mask=torch.zeros(1, 1, 8, 8)), "floating"),
-    (dict(mask=torch.ones(1, 1, 8, 8, dtype=torch.bool)), "key padding"),
+    (dict(mask=torch.zeros(1, 1, 8, 8, requires_grad=True)), "additive mask requires a gradient"),
     (dict(alibi_slopes=torch.ones(4)), "ALiBi"),
     (dict(q=torch.randn(1, 4, 8, 8), k=torch.randn(1, 2, 8, 8), v=torch.randn(1, 2, 8, 8)), "float32"),
     (dict(q=torch.randn(1, 4, 8, 512, dtype=torch.half), k=torch.randn(1, 2, 8, 512, dtype=torch.half),
@@ -132,7 +135,8 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     from selfattn.attention import triton_kernels as tk
 
     def signature(fn, consts):
-        ptr = {"LSE": "*fp32", "DELTA": "*fp32", "PAD": "*i8"}
+        ptr = {"LSE": "*fp32", "DELTA": "*fp32", "PAD": "*i8", "QSEG": "*i32", "KSEG": "*i32", "MASK": "*u8",
+               "BIAS": "*fp32"}
         ptr.update({t: "*bf16" for t in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")})
         out = {}
         for name in fn.arg_names:
@@ -146,7 +150,8 @@ def test_kernels_compile_for_sm90_without_a_gpu():
 
     for fn, bwd in ((tk.attn_fwd, False), (tk.attn_bwd_dkdv, True), (tk.attn_bwd_dq, True)):
         cfg = triton_backend.tile_config(64, 64, backward=bwd, interpret=False)
-        consts = dict(HAS_LEFT=True, HAS_RIGHT=True, HAS_PAD=True, UPCAST=False, BLOCK_M=cfg.block_m,
+        consts = dict(HAS_LEFT=True, HAS_RIGHT=True, HAS_PAD=True, HAS_SEG=True, HAS_MASK=True, HAS_BIAS=True,
+                      UPCAST=False, BLOCK_M=cfg.block_m,
                       BLOCK_N=cfg.block_n, BLOCK_D=64, BLOCK_E=64)
         src = ASTSource(fn=fn, signature=signature(fn, consts),
                         constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})

@@ -37,6 +37,27 @@ def test_kernels_are_interpreted():
     assert tk.INTERPRET and isinstance(tk.attn_fwd, InterpretedFunction)
 
 
+def _seg(lengths, order=None):
+    """(2, sum(lengths)) segment ids: documents of these lengths, ids in ``order`` (default 0, 1, ...)."""
+    ids = torch.cat([torch.full((n,), (order or range(len(lengths)))[i % len(order or lengths)])
+                     for i, n in enumerate(lengths)])
+    return ids.expand(2, -1).contiguous()
+
+
+def _blocky(b, h, n, m):
+    """Random boolean mask with a 16 x 16 block no query may attend and a query block that sees nothing."""
+    mask = torch.rand(b, h, n, m, generator=torch.Generator().manual_seed(11)) > 0.4
+    mask[..., :16, 16:32] = False
+    mask[..., 32:48, :] = False
+    return mask
+
+
+def _bias(b, h, n, m):
+    """Float bias with -inf on the blocky mask's holes."""
+    bias = torch.randn(b, h, n, m, generator=torch.Generator().manual_seed(12))
+    return bias.masked_fill(~_blocky(b, h, n, m), float("-inf"))
+
+
 # (b, h, g, n, m, d, e, kwargs): tiles are 16 x 16 under the interpreter, so n, m in {17, 64}
 # span several blocks with a ragged last one, and causal / window skip whole blocks.
 CASES = {
@@ -49,6 +70,16 @@ CASES = {
     "decode n=1 padding": (2, 2, 1, 1, 64, 32, 32, dict(causal=True, mask=pad_mask(1, 64, 3))),
     "d=24 e=40 scale": (1, 2, 1, 17, 17, 24, 40, dict(scale=0.3, window=(None, 2))),
     "n=m=1": (1, 1, 1, 1, 1, 16, 16, {}),
+    # packed rows: 3 documents, causal; cross-attention ids (segment 3 has no keys: dead rows); unsorted ids
+    "segments causal": (2, 2, 1, 64, 64, 16, 16, dict(causal=True, segment_ids=(_seg([20, 30, 14]),) * 2)),
+    "segments cross": (2, 2, 2, 40, 64, 16, 16, dict(segment_ids=(_seg([10, 20, 10]), _seg([24, 40])))),
+    "segments unsorted+padding": (2, 2, 1, 64, 64, 16, 16, dict(segment_ids=(_seg([16] * 4, [1, 0]),) * 2,
+                                                                  mask=pad_mask(2, 64, 7))),
+    # general masks over several 16-blocks: whole-block holes and dead rows, per head, broadcast over batch
+    "general bool mask": (2, 2, 1, 64, 64, 16, 16, dict(mask=_blocky(1, 2, 64, 64), causal=True)),
+    "float bias -inf blocks": (2, 2, 2, 40, 64, 16, 16, dict(mask=_bias(2, 1, 40, 64))),
+    "bias + segments": (1, 2, 1, 64, 64, 16, 16, dict(mask=_bias(1, 2, 64, 64),
+                                                       segment_ids=(_seg([30, 34])[:1],) * 2)),
 }
 
 

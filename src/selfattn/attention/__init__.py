@@ -53,7 +53,7 @@ register_backend("cpu_f32", cpu_f32_attention, cpu_f32_supports, priority=17, na
 register_backend("batched", batched_attention, batched_supports, priority=19,
                  auto_declines=batched_auto_declines,
                  description="short sequences, many (batch x head) problems: batched matmuls, float32 softmax")
-register_backend("triton", triton_attention, triton_supports, priority=20,
+register_backend("triton", triton_attention, triton_supports, priority=20, native_segments=True,
                  description="fused FlashAttention-2 Triton kernel for CUDA (fp16/bf16), forward and backward")
 
 __all__ = [

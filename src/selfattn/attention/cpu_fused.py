@@ -27,11 +27,12 @@ import torch
 from torch import Tensor
 
 from . import cpu_kernel
-from .cpu_layout import VARIANT, cpu_fused_backward, cpu_fused_forward, is_key_padding, round_up
+from .cpu_layout import VARIANT, cpu_fused_backward, cpu_fused_forward, round_up
 from .guards import all_finite, bias_is_finite, empty_result, is_empty
+from .kernel_masks import is_key_padding
 from .math_backend import math_attention
 from .registry import BackendUnavailable
-from .spec import AttentionCall, key_padding_rows, window_sides
+from .spec import AttentionCall, fused_kernel_declines, key_padding_rows, window_sides
 
 
 # The kernel as PyTorch custom operators (torch.library): torch.compile and torch.export keep them as
@@ -156,14 +157,9 @@ def _supports(call: AttentionCall, name: str, dtype: torch.dtype) -> str | None:
         return f"only for {str(dtype).removeprefix('torch.')} inputs (got {call.dtype})"
     if call.device_type != "cpu":
         return f"only for CPU tensors (got {call.device_type})"
-    if call.return_weights:
-        return f"{name} never forms the attention weights, so it cannot return them (use backend 'math' to get them)"
-    if call.dropout_p > 0:
-        return f"dropout on the attention weights is not implemented in the {name} kernel"
-    if call.alibi_requires_grad:
-        return f"the ALiBi slopes require a gradient, which the {name} kernel does not compute"
-    if call.mask_requires_grad:
-        return f"the additive mask requires a gradient, which the {name} kernel does not compute"
+    why = fused_kernel_declines(call, name)
+    if why is not None:
+        return why
     return cpu_kernel.unavailable_reason(VARIANT[dtype])  # pure: never compiles
 
 

@@ -12,7 +12,6 @@ Legend: b batch, h query heads, g kv heads, n queries, m keys, d q/k head dim, e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,7 @@ from torch import Tensor
 
 from . import cpu_kernel
 from .kernel_abi import Kernel
+from .kernel_masks import general_mask, int32_segments
 from .spec import window_sides
 
 _UNLIMITED = 1 << 40  # a window side of None
@@ -93,52 +93,11 @@ def _segment_rows(ids: Tensor, rows: int) -> Tensor:
 
 
 def _segments(segment_ids: tuple[Tensor, Tensor] | None, n_pad: int, m_pad: int) -> tuple[Tensor | None, ...]:
-    """(q_seg (b, n_pad), k_seg (b, m_pad)) int32 for the kernel, or (None, None). Only equality matters, so
-    ids outside int32 are renumbered (torch.unique) rather than truncated."""
+    """(q_seg (b, n_pad), k_seg (b, m_pad)) int32 for the kernel, or (None, None)."""
     if segment_ids is None:
         return None, None
-    q_seg, k_seg = segment_ids
-    lo, hi = torch.aminmax(torch.cat([q_seg.reshape(-1), k_seg.reshape(-1)]).long())
-    if int(lo) < -(2**31) or int(hi) >= 2**31:
-        _, ranks = torch.unique(torch.cat([q_seg.reshape(-1), k_seg.reshape(-1)]), return_inverse=True)
-        q_seg, k_seg = ranks[: q_seg.numel()].view(q_seg.shape), ranks[q_seg.numel():].view(k_seg.shape)
+    q_seg, k_seg = int32_segments(segment_ids)
     return _segment_rows(q_seg, n_pad), _segment_rows(k_seg, m_pad)
-
-
-class _GeneralMask(NamedTuple):
-    """A general mask as the kernel reads it: bytes (1 = may attend) or a float32 bias, and its strides."""
-
-    mask: Tensor | None  # (b|1, h|1, n|1, m) uint8, compact
-    bias: Tensor | None  # (b|1, h|1, n|1, m) float32, compact
-    msb: int  # strides of batch, head, query; 0 where the mask broadcasts
-    msh: int
-    msn: int
-
-
-_NO_MASK = _GeneralMask(None, None, 0, 0, 0)
-
-
-def is_key_padding(mask: Tensor | None) -> bool:
-    """A boolean mask shaped (B|1, 1, 1, Nk|1): per-key bytes (``key_padding_rows``), not a general mask."""
-    if mask is None or mask.dtype != torch.bool:
-        return False
-    full = mask.shape if mask.dim() == 4 else (1,) * (4 - mask.dim()) + tuple(mask.shape)
-    return full[1] == 1 and full[2] == 1
-
-
-def _general_mask(mask: Tensor | None, m: int) -> _GeneralMask:
-    """A boolean or floating mask broadcastable to (b, h, n, m) as the kernel reads it: dimensions of size 1,
-    or expanded with stride 0, are read at stride 0 (never copied out); keys contiguous."""
-    if mask is None or is_key_padding(mask):
-        return _NO_MASK
-    x = mask.detach().reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))  # (b|1, h|1, n|1, m|1)
-    x = x[tuple(slice(0, 1) if x.stride(i) == 0 else slice(None) for i in range(4))]  # expanded dims: size 1
-    x = x.expand(*x.shape[:3], m)  # a mask broadcast along keys is read contiguously: (b|1, h|1, n|1, m)
-    x = x.contiguous() if x.dtype == torch.bool else x.to(torch.float32).contiguous()
-    msb, msh, msn = (x.stride(i) if x.shape[i] > 1 else 0 for i in range(3))
-    if x.dtype == torch.bool:
-        return _GeneralMask(x.view(torch.uint8), None, msb, msh, msn)
-    return _GeneralMask(None, x, msb, msh, msn)
 
 
 def _window_sides(causal: bool, window: tuple[int | None, int | None] | None) -> tuple[int, int]:
@@ -168,7 +127,7 @@ def cpu_fused_forward(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, slope
     allowed, whole = _padding_bytes(kpm, m, p.m_pad, p.kb)
     slopes = _slopes(slopes)
     qseg, kseg = _segments(segment_ids, p.n_pad, p.m_pad)  # (b, n_pad), (b, m_pad) int32 or None
-    gm = _general_mask(mask, m)
+    gm = general_mask(mask, m)
     out = torch.empty(b, h, p.n_pad, p.e2, dtype=q.dtype)
     lse = torch.empty(b, h, p.n_pad, dtype=torch.float32)
     left, right = _window_sides(causal, window)
@@ -201,7 +160,7 @@ def cpu_fused_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
     allowed, whole = _padding_bytes(kpm, m, p.m_pad, p.kb)
     slopes = _slopes(slopes)
     qseg, kseg = _segments(segment_ids, p.n_pad, p.m_pad)  # (b, n_pad), (b, m_pad) int32 or None
-    gm = _general_mask(mask, m)
+    gm = general_mask(mask, m)
     dq = torch.zeros(b, h, p.n_pad, p.d2)
     dk, dv = torch.empty(b, g, p.m_pad, p.d2), torch.empty(b, g, p.m_pad, p.e2)
     left, right = _window_sides(causal, window)
@@ -217,4 +176,4 @@ def _batch_stride(allowed: Tensor | None, m_pad: int) -> int:
     return 0 if allowed is None or allowed.shape[0] == 1 else m_pad
 
 
-__all__ = ["VARIANT", "cpu_fused_backward", "cpu_fused_forward", "is_key_padding", "round_up"]
+__all__ = ["VARIANT", "cpu_fused_backward", "cpu_fused_forward", "round_up"]

@@ -41,7 +41,7 @@ from .flash_plan import Plan, blocks, make_plan
 from .flash_plan import scores as _scores
 from .guards import all_finite, bias_is_finite, empty_result, is_empty, tracing
 from .math_backend import math_attention
-from .spec import AttentionCall, window_sides
+from .spec import AttentionCall, fused_kernel_declines, window_sides
 
 
 @dataclass(frozen=True)
@@ -195,15 +195,7 @@ def flash_attention(
 
 def flash_supports(call: AttentionCall) -> str | None:
     """Why "flash" cannot serve a call, or None."""
-    if call.return_weights:
-        return "flash never forms the attention weights, so it cannot return them (use backend 'math' to get them)"
-    if call.dropout_p > 0:
-        return "dropout on the attention weights is not implemented in the flash kernel"
-    if call.alibi_requires_grad:
-        return "the ALiBi slopes require a gradient, which the flash kernel does not compute"
-    if call.mask_requires_grad:
-        return "the additive mask requires a gradient, which the flash kernel does not compute"
-    return None
+    return fused_kernel_declines(call, "flash")
 
 
 # "auto" and flash (measured with benchmarks/attention.py on a 2-core AVX2 CPU): the PyTorch-op

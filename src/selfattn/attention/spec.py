@@ -243,9 +243,9 @@ def validate_call(
     )
 
 
-def key_padding_kernel_declines(call: AttentionCall, name: str) -> str | None:
-    """Why a kernel that never builds an n x m tensor (``name``: "flash", "triton") cannot serve a
-    call: returned weights, dropout, or a mask other than boolean key padding (B|1, 1, 1, Nk)."""
+def fused_kernel_declines(call: AttentionCall, name: str) -> str | None:
+    """Why a kernel that never forms the n x m weights (``name``: "flash", "cpu_bf16", "cpu_f32", "triton")
+    cannot serve a call: returned weights, dropout, or a gradient for the ALiBi slopes or a floating mask."""
     if call.return_weights:
         return (f"{name} never forms the attention weights, so it cannot return them "
                 "(use backend 'math' to get them)")
@@ -253,11 +253,8 @@ def key_padding_kernel_declines(call: AttentionCall, name: str) -> str | None:
         return f"dropout on the attention weights is not implemented in the {name} kernel"
     if call.alibi_requires_grad:
         return f"the ALiBi slopes require a gradient, which the {name} kernel does not compute"
-    if call.mask_kind == "float":
-        return f"a floating (additive) mask is an n x m tensor; {name} takes only a boolean key-padding mask"
-    if call.mask_kind == "bool" and not call.key_padding_only:
-        return (f"a general boolean mask is an n x m tensor; {name} takes only key padding shaped "
-                "(B|1, 1, 1, Nk)")
+    if call.mask_requires_grad:
+        return f"the additive mask requires a gradient, which the {name} kernel does not compute"
     return None
 
 

@@ -4,7 +4,10 @@ Legend: b batch, h query heads, g kv heads, n queries, m keys, d q/k head dim, e
 Mask convention: boolean True = may attend. ``causal`` and ``window=(left, right)`` are bottom-right
 aligned: query i sits at key position ``i + (m - n)``; causal allows keys ``j <= pos``, the window
 ``pos - left <= j <= pos + right``. Serves: causal, sliding window (Beltagy et al., 2020), a boolean
-key-padding mask shaped (b|1, 1, 1, m), GQA / MQA (Ainslie et al., 2023; Shazeer, 2019), ``scale``,
+key-padding mask shaped (b|1, 1, 1, m), segment ids natively (``q_seg (b, n)``, ``k_seg (b, m)``: query i may
+attend key j only when equal), any other boolean mask or additive float mask broadcastable to (b, h, n, m) read
+in place at its own strides (block pairs the segments or the mask rule out are skipped), GQA / MQA (Ainslie
+et al., 2023; Shazeer, 2019), ``scale``,
 fp16 / bf16 on CUDA (and fp32 in Triton's interpreter). Rows that may attend no key give output 0
 and zero gradients, never NaN. The backward recomputes the scores from the saved row log-sum-exp,
 so memory stays O(n) in forward and backward.
@@ -23,12 +26,13 @@ import os
 import sys
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
 
-from .spec import AttentionCall, key_padding_kernel_declines, window_sides
+from .kernel_masks import GeneralMask, general_mask, int32_segments, is_key_padding
+from .spec import AttentionCall, fused_kernel_declines, window_sides
 
 _KERNELS = "selfattn.attention.triton_kernels"
 LOG2E = 1.4426950408889634  # scores are handled in log2 units, exp2 is the fast path
@@ -93,6 +97,26 @@ def _last_unit(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+class _Extra(NamedTuple):
+    """Segment ids and a general mask as the kernels read them (dummies where absent)."""
+
+    qseg: Tensor  # (b, n) int32
+    kseg: Tensor  # (b, m) int32
+    mask: Tensor  # general mask bytes at (smb, smh, smn), or a dummy
+    bias: Tensor  # float32 bias at the same strides, or a dummy
+    strides: tuple[int, int, int]  # smb, smh, smn
+    flags: dict[str, bool]  # HAS_SEG, HAS_MASK, HAS_BIAS
+
+
+def _extra(segment_ids: tuple[Tensor, Tensor] | None, gm: GeneralMask, device: torch.device) -> _Extra:
+    dummy_i = torch.zeros(1, dtype=torch.int32, device=device)
+    qseg, kseg = (dummy_i, dummy_i) if segment_ids is None else int32_segments(segment_ids)
+    mask = gm.mask if gm.mask is not None else torch.zeros(1, dtype=torch.uint8, device=device)
+    bias = gm.bias if gm.bias is not None else torch.zeros(1, dtype=torch.float32, device=device)
+    flags = dict(HAS_SEG=segment_ids is not None, HAS_MASK=gm.mask is not None, HAS_BIAS=gm.bias is not None)
+    return _Extra(qseg, kseg, mask, bias, (gm.msb, gm.msh, gm.msn), flags)
+
+
 def _common(q: Tensor, k: Tensor, v: Tensor, left: int | None, right: int | None, scale: float,
             interp: bool) -> dict[str, Any]:
     _, h, n, d = q.shape
@@ -105,8 +129,8 @@ def _common(q: Tensor, k: Tensor, v: Tensor, left: int | None, right: int | None
     )
 
 
-def _launch_fwd(q: Tensor, k: Tensor, v: Tensor, pad: Tensor, spb: int, has_pad: bool, left: int | None,
-                right: int | None, scale: float) -> tuple[Tensor, Tensor]:
+def _launch_fwd(q: Tensor, k: Tensor, v: Tensor, pad: Tensor, spb: int, has_pad: bool, x: _Extra,
+                left: int | None, right: int | None, scale: float) -> tuple[Tensor, Tensor]:
     from . import triton_kernels as tk
 
     b, h, n, d = q.shape
@@ -115,16 +139,17 @@ def _launch_fwd(q: Tensor, k: Tensor, v: Tensor, pad: Tensor, spb: int, has_pad:
     lse = torch.empty(b, h, n, dtype=torch.float32, device=q.device)  # log2 units, +inf = dead row
     cfg = tile_config(d, e, backward=False, interpret=tk.INTERPRET)
     tk.attn_fwd[(-(-n // cfg.block_m), b * h)](
-        q, k, v, o, lse, pad,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], spb,
-        HAS_PAD=has_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+        q, k, v, o, lse, pad, x.qseg, x.kseg, x.mask, x.bias,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], spb, *x.strides,
+        HAS_PAD=has_pad, **x.flags, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **_common(q, k, v, left, right, scale, tk.INTERPRET),
     )
     return o, lse
 
 
 def _launch_bwd(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, pad: Tensor, do: Tensor, spb: int,
-                has_pad: bool, left: int | None, right: int | None, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+                has_pad: bool, x: _Extra, left: int | None, right: int | None,
+                scale: float) -> tuple[Tensor, Tensor, Tensor]:
     from . import triton_kernels as tk
 
     delta = (do.float() * o.float()).sum(-1).contiguous()  # (b, h, n): rowsum(dO ∘ O)
@@ -132,16 +157,17 @@ def _launch_bwd(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, pad: Te
     b, h, n, d = q.shape
     g, m, e = k.shape[1], k.shape[2], v.shape[3]
     cfg = tile_config(d, e, backward=True, interpret=tk.INTERPRET)
-    launch = dict(HAS_PAD=has_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+    launch = dict(HAS_PAD=has_pad, **x.flags, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages, sm_scale=scale,
                   **_common(q, k, v, left, right, scale, tk.INTERPRET))
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     tk.attn_bwd_dkdv[(-(-m // cfg.block_n), b * g)](
-        q, k, v, do, lse, delta, dk, dv, pad, *strides, *dk.stride()[:3], *dv.stride()[:3], spb,
-        **launch,
+        q, k, v, do, lse, delta, dk, dv, pad, x.qseg, x.kseg, x.mask, x.bias, *strides, *dk.stride()[:3],
+        *dv.stride()[:3], spb, *x.strides, **launch,
     )
     tk.attn_bwd_dq[(-(-n // cfg.block_m), b * h)](
-        q, k, v, do, lse, delta, dq, pad, *strides, *dq.stride()[:3], spb, **launch,
+        q, k, v, do, lse, delta, dq, pad, x.qseg, x.kseg, x.mask, x.bias, *strides, *dq.stride()[:3], spb,
+        *x.strides, **launch,
     )
     return dq, dk, dv
 
@@ -155,12 +181,12 @@ class _TritonAttention(torch.autograd.Function):
     """softmax(q kᵀ · scale, masked) v with a recomputing backward (FlashAttention-2)."""
 
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, pad: Tensor, spb: int, has_pad: bool, left: int | None,
-                right: int | None, scale: float) -> Tensor:
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, pad: Tensor, spb: int, has_pad: bool, x: _Extra,
+                left: int | None, right: int | None, scale: float) -> Tensor:
         with _on_device(q):
-            o, lse = _launch_fwd(q, k, v, pad, spb, has_pad, left, right, scale)
+            o, lse = _launch_fwd(q, k, v, pad, spb, has_pad, x, left, right, scale)
         ctx.save_for_backward(q, k, v, o, lse, pad)
-        ctx.args = (spb, has_pad, left, right, scale)
+        ctx.args = (spb, has_pad, x, left, right, scale)
         return o
 
     @staticmethod
@@ -168,7 +194,7 @@ class _TritonAttention(torch.autograd.Function):
         q, k, v, o, lse, pad = ctx.saved_tensors
         with _on_device(q):
             grads = _launch_bwd(q, k, v, o, lse, pad, _last_unit(do), *ctx.args)
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 def triton_attention(
@@ -183,6 +209,7 @@ def triton_attention(
     window: tuple[int | None, int | None] | None = None,
     alibi_slopes: Tensor | None = None,
     return_weights: bool = False,
+    segment_ids: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, None]:
     """Fused attention; call through :func:`selfattn.attention` (which checks :func:`triton_supports`)."""
     b, h, n, d = q.shape
@@ -191,10 +218,12 @@ def triton_attention(
     if n == 0 or m == 0:  # no queries, or no keys: every row attends nothing -> 0
         return q.new_zeros(b, h, n, e) + 0 * (q.sum() + k.sum() + v.sum()), None
     left, right = window_sides(causal, window)
-    pad, spb = _pad_rows(mask, b, m, q.device)
+    padding = mask if is_key_padding(mask) else None
+    pad, spb = _pad_rows(padding, b, m, q.device)
+    x = _extra(segment_ids, general_mask(mask, m), q.device)
     q, k, v = _last_unit(q), _last_unit(k), _last_unit(v)
     out = cast(Tensor, _TritonAttention.apply(  # type: ignore[no-untyped-call]
-        q, k, v, pad, spb, mask is not None, left, right, scale))
+        q, k, v, pad, spb, padding is not None, x, left, right, scale))
     return out, None  # (b, h, n, e)
 
 
@@ -210,7 +239,7 @@ def triton_supports(call: AttentionCall) -> str | None:
         return f"tensors on device type {call.device_type!r}; the kernel runs on CUDA GPUs"
     if call.device_type == "cuda" and interp:
         return "Triton's interpreter is on; it would run CUDA tensors on the host"
-    why = key_padding_kernel_declines(call, "triton")
+    why = fused_kernel_declines(call, "triton")
     if why is not None:
         return why
     if call.alibi:

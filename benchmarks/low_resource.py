@@ -13,7 +13,7 @@ Methods (each a set of `selfattn train` flags; see the README):
   word-dropout / blank / switchout            0.1 / 0.1 / 0.05
   bt-beam / bt-sample   back-translation of the left-out English with a reverse model (Sennrich et al. 2016;
                 sampling: Edunov et al. 2018), tagged, 1:1 with the real pairs
-Writes benchmarks/results/OUT.{json,md} (--out, default low_resource). Hours of CPU for the whole table: never run by the tests
+Writes benchmarks/results/OUT.{json,md,png} (--out, default low_resource). Hours of CPU for the whole table: never run by the tests
 (they import `make_subset` and `paired_bootstrap` only).
 
   python benchmarks/low_resource.py --data ../shared/data/multi30k --work /tmp/lowres --fractions 0.1 \\
@@ -212,6 +212,31 @@ def summarise(cells: dict, refs: dict) -> dict:
     return table
 
 
+def plot(result: dict, path: Path) -> None:
+    """test2016 BLEU-lc per method and data size: mean ± std over seeds as bars with error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(result["sizes"].items())
+    methods = list(dict.fromkeys(m for _, size in sizes for m in size["table"]))
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.6 + 0.6 * len(sizes) * len(methods)), 3.6))
+    width = 0.8 / len(methods)
+    for j, m in enumerate(methods):
+        xs = [i + j * width for i, (_, size) in enumerate(sizes) if m in size["table"]]
+        vals = [size["table"][m]["test_bleu_lc"] for _, size in sizes if m in size["table"]]
+        ax.bar(xs, [v[0] for v in vals], width, yerr=[v[1] for v in vals], capsize=3, label=m)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))])
+    ax.set_xticklabels([f"{size['pairs']} pairs ({frac})" for frac, size in sizes])
+    ax.set_ylabel("test2016 BLEU-lc (beam 4)")
+    ax.set_title("Low-resource Multi30k de->en (mean ± std over seeds)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -275,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"(--set {' '.join(size['baseline_overrides']) or 'nothing'}); grid val BLEU-lc: {grid}; "
                       f"median training seconds per cell ({args.threads} thread(s), {args.jobs} at once): {secs}"]
     atomic_write_text(RESULTS / f"{args.out}.md", "\n".join(lines) + "\n")
+    plot(result, RESULTS / f"{args.out}.png")
     print("\n".join(lines))
     return 0
 

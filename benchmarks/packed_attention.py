@@ -10,7 +10,8 @@ its own segment id. Cases, all float32, forward + backward (a fixed upstream gra
   its block sizes, 64 by default so a 256-token row holds several blocks);
 * packed, "cpu_f32" (the fused C kernel) with native segment ids, skipping its 64 x 64 block pairs whose
   ids never meet;
-* packed, "math" / "torch" / "batched" / "auto" given the same segment ids, which the registry turns into the
+* packed, "auto" (its choice: the C kernel where the CPU has AVX-512, natively);
+* packed, "math" / "torch" / "batched" given the same segment ids, which the registry turns into the
   equivalent (b, 1, 256, 256) boolean mask before the call (the mask construction is timed too);
 * unpacked: the same sentences as one padded batch (each sentence a row of the longest length, a key
   padding mask (b, 1, 1, 40)), on "torch", "batched", "flash" and "auto".
@@ -82,7 +83,9 @@ def cases(lengths, heads: int, d: int, block: int, gen: torch.Generator) -> dict
            (lambda q, k, v: flash_attention(q, k, v, segment_ids=segs, config=cfg)[0], packed)}
     out["packed cpu_f32 (native segment ids)"] = (  # the C kernel: skips block pairs whose ids never meet
         lambda q, k, v: selfattn.attention(q, k, v, segment_ids=segs, backend="cpu_f32"), packed)
-    for name in ("math", "torch", "batched", "auto"):
+    out["packed auto (segment ids as its choice takes them)"] = (
+        lambda q, k, v: selfattn.attention(q, k, v, segment_ids=segs), packed)
+    for name in ("math", "torch", "batched"):
         out[f"packed {name} (segment ids as bool mask)"] = (
             lambda q, k, v, name=name: selfattn.attention(q, k, v, segment_ids=segs, backend=name), packed)
     for name in ("torch", "batched", "flash", "auto"):

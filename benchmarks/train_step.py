@@ -44,35 +44,39 @@ V, C, HEADS, FF, LAYERS = 8000, 256, 8, 1024, 3
 
 
 class PlainTransformer(nn.Module):
-    """``nn.Transformer`` of the `small` shape with embeddings, sinusoidal positions, tied output."""
+    """``nn.Transformer`` with embeddings, sinusoidal positions, tied output; the `small` shape by default
+    (``benchmarks/gpu_check.py`` builds the `paper-base` one)."""
 
-    def __init__(self):
+    def __init__(self, vocab: int = V, d: int = C, heads: int = HEADS, ff: int = FF, layers: int = LAYERS,
+                 norm_first: bool = True, dropout: float = 0.1):
         super().__init__()
         import warnings
 
         warnings.filterwarnings("ignore", message="enable_nested_tensor is True")  # norm_first: nn says so itself
-        self.embed = nn.Embedding(V, C)
-        nn.init.normal_(self.embed.weight, 0.0, C**-0.5)
-        self.register_buffer("pe", sinusoidal_table(512, C), persistent=False)
-        self.drop = nn.Dropout(0.1)
-        self.core = nn.Transformer(C, HEADS, LAYERS, LAYERS, FF, dropout=0.1, batch_first=True, norm_first=True)
+        self.d = d
+        self.embed = nn.Embedding(vocab, d)
+        nn.init.normal_(self.embed.weight, 0.0, d**-0.5)
+        self.register_buffer("pe", sinusoidal_table(512, d), persistent=False)
+        self.drop = nn.Dropout(dropout)
+        self.core = nn.Transformer(d, heads, layers, layers, ff, dropout=dropout, batch_first=True,
+                                   norm_first=norm_first)
 
     def forward(self, src, tgt, src_pad, tgt_pad):
         """src (b, m), tgt (b, n); *_pad (b, len) True = padding (nn's convention) -> logits (b, n, V)."""
         n = tgt.shape[1]
-        xs = self.drop(self.embed(src) * C**0.5 + self.pe[: src.shape[1]])  # (b, m, c)
-        xt = self.drop(self.embed(tgt) * C**0.5 + self.pe[:n])  # (b, n, c)
+        xs = self.drop(self.embed(src) * self.d**0.5 + self.pe[: src.shape[1]])  # (b, m, c)
+        xt = self.drop(self.embed(tgt) * self.d**0.5 + self.pe[:n])  # (b, n, c)
         causal = torch.ones(n, n, dtype=torch.bool, device=src.device).triu(1)  # (n, n) True = masked (nn's)
         h = self.core(xs, xt, tgt_mask=causal, src_key_padding_mask=src_pad, tgt_key_padding_mask=tgt_pad,
                       memory_key_padding_mask=src_pad, tgt_is_causal=True)  # (b, n, c)
         return h @ self.embed.weight.t()  # (b, n, V)
 
 
-def make_batch(b: int, length: int, min_len: int, seed: int):
+def make_batch(b: int, length: int, min_len: int, seed: int, vocab: int = V):
     """Random pairs padded to ``length``: src, tgt_in, tgt_out (b, length) ids, pad id 0, IGNORE = -100."""
     g = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, V, (b, length), generator=g)
-    tgt = torch.randint(4, V, (b, length + 1), generator=g)
+    src = torch.randint(4, vocab, (b, length), generator=g)
+    tgt = torch.randint(4, vocab, (b, length + 1), generator=g)
     src_len = torch.randint(min_len, length + 1, (b,), generator=g)
     tgt_len = torch.randint(min_len, length + 1, (b,), generator=g)
     pos = torch.arange(length + 1)
@@ -82,7 +86,8 @@ def make_batch(b: int, length: int, min_len: int, seed: int):
     return src, tgt_in, tgt_out
 
 
-def forward_flops(b: int, m: int, n: int) -> float:
+def forward_flops(b: int, m: int, n: int, *, C: int = C, FF: int = FF, LAYERS: int = LAYERS,
+                  V: int = V) -> float:
     """Matmul FLOPs of one forward (2 per multiply-add): projections, FFNs, attention scores/values, output."""
     enc = LAYERS * b * m * (2 * 4 * C * C + 2 * 2 * C * FF) + LAYERS * b * 2 * 2 * m * m * C
     dec_self = LAYERS * b * n * (2 * 4 * C * C) + LAYERS * b * 2 * 2 * n * n * C
@@ -122,8 +127,11 @@ class Runner:
         return self.model(self.src, self.tgt_in)
 
     def step(self) -> float:
+        cuda = self.src.is_cuda
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
+        with torch.autocast(self.src.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self.logits()  # (b, n, V)
         if self.plain:  # what one writes by hand: cross_entropy on the flattened logits
             loss = F.cross_entropy(logits.float().flatten(0, 1), self.tgt_out.flatten(), ignore_index=-100,
@@ -134,7 +142,9 @@ class Runner:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.losses.append(float(loss.detach()))
+        self.losses.append(float(loss.detach()))  # a host sync on CUDA, as a logging loop has
+        if cuda:
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
 

@@ -178,3 +178,22 @@ def test_cuda_kernels_match_math_backend(dtype, d, case):
     q = torch.randn(1, 8, 64, d, dtype=dtype, device="cuda")
     choice = explain_backend(q, q, q, causal=True)  # triton serves it, unless outranked
     assert choice.chosen == "triton" or "lower priority" in choice.reasons["triton"], str(choice)
+
+
+@needs_triton
+def test_gpu_check_script_runs_dry_on_cpu(tmp_path):
+    """benchmarks/gpu_check.py --dry-run: the GPU check's own code on CPU (Triton's interpreter, tiny shapes),
+    so the one run on a lent GPU does not fail on a typo. Triton's output must match SDPA's."""
+    import json
+
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, str(HERE.parents[1] / "benchmarks" / "gpu_check.py"), "--dry-run", "--out",
+           str(tmp_path / "check")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "check.json").read_text())
+    triton_rows = [r for r in res["attention"] if r["backend"] == "triton"]
+    assert len(triton_rows) == 2 and all("error" not in r for r in triton_rows), triton_rows
+    assert all(r["max_abs_diff_vs_first_sdpa"] < 3 * 4 * 2**-8 for r in triton_rows)  # 3 bf16 ulps at |out| < 4
+    assert [r["name"] for r in res["train"]["rows"]] == ["nn.Transformer bf16", "selfattn bf16"]
+    assert (tmp_path / "check.md").read_text().startswith("# GPU check")

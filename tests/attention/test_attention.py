@@ -240,6 +240,12 @@ ERRORS = [
     (lambda q, k, v: selfattn.attention(q[:, :3], k, v), "multiple of key/value heads"),
     (lambda q, k, v: selfattn.attention(q, k, v[:, :, :3]), "k and v must agree"),
     (lambda q, k, v: selfattn.attention(q, k, v, mask=torch.ones(3, 3, dtype=torch.bool)), "does not broadcast"),
+    (lambda q, k, v: selfattn.attention(q, k, v, mask=torch.ones(3, 1, 5, 7, dtype=torch.bool)),
+     "does not broadcast"),  # batch 3 against 2
+    (lambda q, k, v: selfattn.attention(q, k, v, mask=torch.ones(1, 2, 1, 1, 7, dtype=torch.bool)),
+     "does not broadcast"),  # rank 5
+    (lambda q, k, v: selfattn.attention(q, k, v, mask=torch.ones(2, 4, 5, 1, dtype=torch.bool)[:, :2]),
+     "does not broadcast"),  # 2 heads against 4
     (lambda q, k, v: selfattn.attention(q, k, v, mask=torch.ones(5, 7, dtype=torch.int64)), "boolean"),
     (lambda q, k, v: selfattn.attention(q, k, v, dropout_p=1.0), "dropout_p"),
     (lambda q, k, v: selfattn.attention(q, k, v, dropout_p=-0.1), "dropout_p"),

@@ -118,11 +118,10 @@ def _check_mask(mask: Tensor, q: Tensor, target: tuple[int, int, int, int]) -> t
         raise ValueError(
             f"mask must be boolean (True = may attend) or a floating additive bias, got dtype {mask.dtype}"
         )
-    try:
-        bshape = torch.broadcast_shapes(mask.shape, target)  # type: ignore[no-untyped-call]
-    except RuntimeError:
-        bshape = None
-    if mask.dim() > 4 or bshape != torch.Size(target):
+    # broadcasts to exactly ``target``: each trailing dim 1 or equal (torch.broadcast_shapes costs ~2% of a
+    # decoding step, measured under cProfile, for this comparison)
+    fits = mask.dim() <= 4 and all(s in (1, t) for s, t in zip(reversed(mask.shape), reversed(target)))
+    if not fits:
         raise ValueError(
             f"mask of shape {_shape(mask)} does not broadcast to (B, Hq, Nq, Nk) = {target}"
         )

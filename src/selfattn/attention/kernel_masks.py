@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .spec import is_key_padding
+
 
 class GeneralMask(NamedTuple):
     """A general mask as a kernel reads it: bytes (1 = may attend) or a float32 bias, and its strides."""
@@ -26,14 +28,6 @@ class GeneralMask(NamedTuple):
 
 
 NO_MASK = GeneralMask(None, None, 0, 0, 0)
-
-
-def is_key_padding(mask: Tensor | None) -> bool:
-    """A boolean mask shaped (B|1, 1, 1, Nk|1): per-key bytes (``key_padding_rows``), not a general mask."""
-    if mask is None or mask.dtype != torch.bool:
-        return False
-    full = mask.shape if mask.dim() == 4 else (1,) * (4 - mask.dim()) + tuple(mask.shape)
-    return full[1] == 1 and full[2] == 1
 
 
 def general_mask(mask: Tensor | None, m: int) -> GeneralMask:

@@ -125,8 +125,16 @@ def _check_mask(mask: Tensor, q: Tensor, target: tuple[int, int, int, int]) -> t
         raise ValueError(
             f"mask of shape {_shape(mask)} does not broadcast to (B, Hq, Nq, Nk) = {target}"
         )
+    return kind, is_key_padding(mask), grad
+
+
+def is_key_padding(mask: Tensor | None) -> bool:
+    """A boolean mask shaped (B|1, 1, 1, Nk|1): per-key padding (kernels take it as a row of bytes), not a general
+    (n x m) mask."""
+    if mask is None or mask.dtype != torch.bool:
+        return False
     full = (1,) * (4 - mask.dim()) + tuple(mask.shape)
-    return kind, kind == "bool" and full[1] == 1 and full[2] == 1, grad
+    return full[1] == 1 and full[2] == 1
 
 
 def _check_window(window: object) -> tuple[int | None, int | None] | None:

@@ -72,7 +72,7 @@ def test_muon_step_equals_pytorchs_with_bf16_newton_schulz():
     ours_p = [torch.nn.Parameter(w.clone()) for w in w0]
     theirs_p = [torch.nn.Parameter(w.clone()) for w in w0]
     kw = {"lr": 0.02, "weight_decay": 0.1, "adjust_lr_fn": "match_rms_adamw"}
-    ours, theirs = Muon(ours_p, ns_dtype=torch.bfloat16, **kw), torch.optim.Muon(theirs_p, **kw)
+    ours, theirs = Muon(ours_p, ns_dtype=torch.bfloat16, stack=False, **kw), torch.optim.Muon(theirs_p, **kw)
     for step in grads:
         for p, q, gr in zip(ours_p, theirs_p, step):
             p.grad, q.grad = gr.clone(), gr.clone()
@@ -81,6 +81,30 @@ def test_muon_step_equals_pytorchs_with_bf16_newton_schulz():
     for p, q in zip(ours_p, theirs_p):
         assert torch.equal(p, q)
     assert ours.state_dict()["state"][0].keys() == theirs.state_dict()["state"][0].keys()
+
+
+def test_stacked_muon_step_equals_one_matrix_at_a_time():
+    """Matrices of one (short, long) shape, tall and wide, orthogonalised as one batch: the same step as one by
+    one (float64: only the products' summation order differs), and a lone shape takes the 2-D path."""
+    from selfattn.training.optim import Muon, default_ns_dtype
+
+    g = torch.Generator().manual_seed(1)
+    shapes = [(16, 48), (48, 16), (16, 48), (16, 16), (20, 12)]
+    w0 = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(*w.shape, generator=g, dtype=torch.float64) for w in w0] for _ in range(3)]
+    params = {stack: [torch.nn.Parameter(w.clone()) for w in w0] for stack in (True, False)}
+    kw = {"lr": 0.05, "weight_decay": 0.1, "adjust_lr_fn": "match_rms_adamw", "ns_dtype": torch.float64}
+    opts = {stack: Muon(params[stack], stack=stack, **kw) for stack in (True, False)}
+    for step in grads:
+        for stack in (True, False):
+            for p, gr in zip(params[stack], step):
+                p.grad = gr.clone()
+            opts[stack].step()
+    for p, q, w in zip(params[True], params[False], w0):
+        assert (p - w).abs().max() > 0.01  # the steps moved the weights
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    assert default_ns_dtype(torch.device("cuda")) == torch.bfloat16
+    assert default_ns_dtype(torch.device("cpu")) in (torch.bfloat16, torch.float32)
 
 
 def test_cosine_schedule_endpoints_and_monotone_decay():
@@ -203,11 +227,14 @@ def test_amp_auto_is_bf16_only_with_bf16_units_and_recorded_resolved(tmp_path, m
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_smoothed_cross_entropy_value_and_gradient_vs_float64_definition(dtype):
-    """The blockwise loss (several row blocks, ignored rows) against autograd through the float64 definition."""
-    from selfattn.training.loss import ROWS
+def test_smoothed_cross_entropy_value_and_gradient_vs_float64_definition(dtype, monkeypatch):
+    """The blockwise loss (several row blocks, the last one partial, ignored rows) against autograd through the
+    float64 definition."""
+    from selfattn.training import loss as loss_module
 
-    V, eps = 50, 0.1
+    V, eps, ROWS = 50, 0.1, 70
+    monkeypatch.setattr(loss_module, "BLOCK", 64 * V)  # 64-row blocks: 210 rows are blocks of 64, 64, 64, 18
+    assert loss_module.block_rows(V) == 64 and loss_module.block_rows(10**9) == 1
     g = torch.Generator().manual_seed(0)
     logits = (3 * torch.randn(3, ROWS, V, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
     targets = torch.randint(0, V, (3, ROWS), generator=g)

@@ -27,6 +27,37 @@ def test_noam_schedule_matches_the_paper_formula():
     assert lr_at(0, cfg, d) == pytest.approx(2.0 * noam_lr(1, d, w))  # step s uses the (s+1)-th value
 
 
+def test_adamw_is_fused_and_equals_pytorchs_loop():
+    """build_optimizer's AdamW runs PyTorch's fused kernel; its steps equal the per-tensor loop's (float32
+    rounding of the same update rule) with decay on matrices only."""
+    from selfattn.data import SyntheticTask
+    from selfattn.training import build_optimizer
+
+    model = tiny_model(SyntheticTask("reverse", max_len=6, val_size=8))
+    twin = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
+    start = [p.detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(weight_decay=0.1)
+    ours = build_optimizer(model, cfg)
+    assert ours.defaults["fused"]
+    groups = [{"params": [q for p, q in zip(model.parameters(), twin) if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [q for p, q in zip(model.parameters(), twin) if p.dim() < 2], "weight_decay": 0.0}]
+    loop = torch.optim.AdamW(groups, lr=0.0, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=False)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for opt in (ours, loop):
+            for group in opt.param_groups:
+                group["lr"] = 3e-3
+        for p, q in zip(model.parameters(), twin):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        ours.step()
+        loop.step()
+    eps32 = torch.finfo(torch.float32).eps
+    for p, q, p0 in zip(model.parameters(), twin, start):
+        assert (p.detach() - p0).abs().max() > 1e-3  # 3 steps of lr 3e-3 moved every tensor
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=8 * eps32, atol=3e-3 * 8 * eps32)
+
+
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     from selfattn.data import SyntheticTask
     from selfattn.training import build_optimizer

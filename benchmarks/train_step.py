@@ -8,7 +8,9 @@ Both models have the `small` shape (3+3 layers, d 256, 8 heads, d_ff 1024, vocab
 norm_first=True)`` with an embedding, positions and a tied output projection around it — what a user would
 write. Both train on the same batches (random ids, source/target lengths drawn per pair in
 [``--min-len``, 32], padded to 32, key-padding masks on both sides), AdamW, label smoothing 0.1, gradient
-clipping 1.0. A step = forward, loss, backward, clip, optimizer step, zero_grad.
+clipping 1.0. A step = forward, loss, backward, clip, optimizer step, zero_grad. The plain loop (and the
+``--baseline-src`` code) uses ``torch.optim.AdamW`` with its defaults; selfattn's runners use the optimizer
+its Trainer builds (``build_optimizer``: PyTorch's fused AdamW).
 
 The four configurations run **interleaved** (one step of each in turn, several rounds) so that load from
 other processes on a shared machine hits all of them alike; reported are medians over the timed rounds,
@@ -38,6 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from selfattn.io import atomic_write_json, atomic_write_text
 from selfattn.models import build_model, preset
 from selfattn.positional import sinusoidal_table
+from selfattn.training import TrainConfig, build_optimizer
 from selfattn.training.loss import smoothed_cross_entropy
 
 V, C, HEADS, FF, LAYERS = 8000, 256, 8, 1024, 3
@@ -114,9 +117,14 @@ def load_baseline(src: Path):
 class Runner:
     """One model + optimizer + dtype policy; ``step()`` runs one training step and returns its seconds."""
 
-    def __init__(self, name: str, model: nn.Module, amp: bool, batch, plain: bool, loss_fn=smoothed_cross_entropy):
+    def __init__(self, name: str, model: nn.Module, amp: bool, batch, plain: bool, loss_fn=smoothed_cross_entropy,
+                 optimizer=None):
+        """``optimizer``: selfattn's own (``build_optimizer``, as its Trainer builds it) for selfattn's runners;
+        None = ``torch.optim.AdamW`` with its defaults, what a hand-written loop uses."""
         self.name, self.model, self.amp, self.plain, self.loss_fn = name, model, amp, plain, loss_fn
-        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+        self.opt = optimizer or torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+        for group in self.opt.param_groups:
+            group["lr"] = 1e-4
         self.src, self.tgt_in, self.tgt_out = batch
         self.times: list[float] = []
         self.losses: list[float] = []
@@ -151,7 +159,8 @@ class Runner:
 def machine() -> dict:
     info = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch": torch.__version__, "python": platform.python_version(),
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "isa_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}}
     try:
         text = Path("/proc/cpuinfo").read_text()
         for line in text.splitlines():
@@ -181,8 +190,15 @@ def main() -> None:
     ap.add_argument("--baseline-src", default="", help="a src/ directory of older selfattn code to time too "
                     "(configurations 'selfattn@base fp32/bf16')")
     ap.add_argument("--only", default="", help="comma-separated configuration names (default: all four)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step"))
+    ap.add_argument("--isa", choices=("avx2",), default=None,
+                    help="cap PyTorch and oneDNN to this ISA (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA; the process "
+                         "re-executes itself with them): an AVX-512 machine measured as an AVX2-only one")
+    ap.add_argument("--out", default=None, help="default benchmarks/results/train_step (train_step_avx2 with --isa)")
     args = ap.parse_args()
+    if args.isa and os.environ.get("ATEN_CPU_CAPABILITY") != args.isa:  # the caps are read once, at first use
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": args.isa, "ONEDNN_MAX_CPU_ISA": args.isa.upper()}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / ("train_step_" + args.isa if args.isa else "train_step"))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -199,8 +215,8 @@ def main() -> None:
 
     runners = [Runner("nn.Transformer fp32", plain(), False, batch, True),
                Runner("nn.Transformer bf16", plain(), True, batch, True),
-               Runner("selfattn fp32", ours(), False, batch, False),
-               Runner("selfattn bf16", ours(), True, batch, False)]
+               *(Runner(name, model, amp, batch, False, optimizer=build_optimizer(model, TrainConfig()))
+                 for name, model, amp in (("selfattn fp32", ours(), False), ("selfattn bf16", ours(), True)))]
     if args.baseline_src:
         base, base_loss = load_baseline(Path(args.baseline_src))
 
@@ -249,7 +265,8 @@ def markdown(res: dict) -> str:
          f"{res['length']} tokens, lengths {res['min_len']}-{res['length']} padded)"), "",
         (f"Machine: {m['processor']}, {m['cores']} cores, torch {m['torch']} ({m['torch_cpu_capability']}), "
          f"{m['threads']} torch threads, flags {' '.join(m.get('flags', []))}; load average at the end "
-         f"{m.get('load_average')}."),
+         f"{m.get('load_average')}."
+         + (f" **ISA capped** by {m['isa_caps']}: the CPU behaves as an AVX2-only one." if m.get("isa_caps") else "")),
         (f"Command: `python benchmarks/{res['command']}`; medians of {res['rounds']} interleaved rounds "
          f"after {res['warmup']} warm-up steps; {res['gflop_per_step']:.0f} GFLOP of matmuls per step."), "",
         "| configuration | median step s | tokens/s | GFLOP/s | vs nn.Transformer bf16 | vs selfattn fp32 | "

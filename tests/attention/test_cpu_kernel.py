@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import textwrap
 import threading
 
@@ -198,3 +200,35 @@ def test_segment_ids_outside_int32_are_renumbered_not_truncated():
     assert torch.equal(selfattn.attention(q, k, v, segment_ids=(far, far), backend="cpu_f32"), near)
     clash = torch.where(seg == 1, torch.full_like(seg, 2**32), seg)  # 2**32 truncates to 0, segment 0's id
     assert torch.equal(selfattn.attention(q, k, v, segment_ids=(clash, clash), backend="cpu_f32"), near)
+
+
+def test_isa_caps_in_the_environment_rule_out_flags():
+    """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA below AVX-512 make an AVX-512 machine an AVX2 one for selfattn."""
+    flags = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"})
+    assert cpu_kernel.usable_flags(flags, {}) == flags
+    assert cpu_kernel.usable_flags(flags, {"ATEN_CPU_CAPABILITY": "avx512"}) == flags
+    avx2 = frozenset({"avx2", "fma"})
+    assert cpu_kernel.usable_flags(flags, {"ATEN_CPU_CAPABILITY": "AVX2"}) == avx2
+    assert cpu_kernel.usable_flags(flags, {"ONEDNN_MAX_CPU_ISA": "avx2"}) == avx2
+    assert cpu_kernel.usable_flags(flags, {"DNNL_MAX_CPU_ISA": "AVX2_VNNI"}) == avx2
+    assert cpu_kernel.usable_flags(flags, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}) == avx2 | {"avx512f", "avx512bw"}
+    assert cpu_kernel.usable_flags(flags, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}) == flags - {
+        "avx512_fp16", "amx_bf16", "amx_tile"}
+
+
+def test_an_avx2_capped_process_trains_in_fp32_without_the_kernel(tmp_path):
+    """In a subprocess capped to AVX2: amp "auto" resolves to fp32, the C kernel says why it cannot run and
+    Muon's Newton–Schulz runs in float32 — on every machine, whatever its CPU."""
+    code = textwrap.dedent("""
+        import torch
+        from selfattn.attention import cpu_kernel
+        from selfattn.training.forward import resolve_amp
+        from selfattn.training.optim import default_ns_dtype
+        print(resolve_amp("auto", torch.device("cpu"))[0], default_ns_dtype(torch.device("cpu")),
+              cpu_kernel.cpu_reason("bf16") is not None, sorted(cpu_kernel.cpu_flags() & {"avx512f"}))
+    """)
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["none", "torch.float32", "True", "[]"]

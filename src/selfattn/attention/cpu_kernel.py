@@ -68,19 +68,41 @@ class KernelUnavailable(RuntimeError):
 
 
 def cpu_flags() -> set[str]:
-    """The CPU feature flags the kernel needs to know about (Linux /proc/cpuinfo; empty elsewhere)."""
+    """The CPU feature flags this process may use (Linux /proc/cpuinfo; empty elsewhere), less those that
+    ``ATEN_CPU_CAPABILITY`` or ``ONEDNN_MAX_CPU_ISA`` rule out (see :func:`usable_flags`)."""
     return set(_cpu_flags())
 
 
+# ONEDNN_MAX_CPU_ISA values (oneDNN's names) -> the flag families they leave out
+_ONEDNN_CAPS = {"SSE41": ("avx512", "amx"), "AVX": ("avx512", "amx"), "AVX2": ("avx512", "amx"),
+                "AVX2_VNNI": ("avx512", "amx"), "AVX2_VNNI_2": ("avx512", "amx"),
+                "AVX512_CORE": ("avx512_bf16", "avx512_fp16", "amx"),
+                "AVX512_CORE_VNNI": ("avx512_bf16", "avx512_fp16", "amx"),
+                "AVX512_CORE_BF16": ("avx512_fp16", "amx"), "AVX512_CORE_FP16": ("amx",)}
+
+
+def usable_flags(flags: frozenset[str], env: dict[str, str]) -> frozenset[str]:
+    """``flags`` less what the process is told not to use: ``ATEN_CPU_CAPABILITY=default|avx2`` (PyTorch's own
+    kernels) or ``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` below AVX-512 (its matmuls). An AVX-512 machine
+    capped so behaves as an AVX2 one here too: no C kernel, fp32 where bf16 matmuls would be slow — and that
+    is how the AVX2 policy can be measured on an AVX-512 machine (benchmarks/train_step.py --isa avx2)."""
+    drop: tuple[str, ...] = ()
+    if env.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
+        drop += ("avx512", "amx")
+    isa = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").upper()
+    drop += _ONEDNN_CAPS.get(isa, ())
+    return frozenset(f for f in flags if not f.startswith(drop)) if drop else flags
+
+
 @functools.lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
+def _cpu_flags() -> frozenset[str]:  # read once: ATen and oneDNN read their caps once too
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
+            return usable_flags(frozenset(line.split(":", 1)[1].split()), dict(os.environ))
     return frozenset()
 
 
@@ -91,8 +113,8 @@ def cpu_reason(variant: str) -> str | None:
         return f"the C kernel is written for x86-64 with AVX-512; this machine is {platform.machine()}"
     missing = [f for f in REQUIRED_FLAGS[variant] if f not in _cpu_flags()]
     if missing:
-        return (f"this CPU lacks {', '.join(missing)} (from /proc/cpuinfo), which the {variant} "
-                "kernel's instructions need")
+        return (f"this CPU lacks {', '.join(missing)} (/proc/cpuinfo, less ISA caps in the environment), which "
+                f"the {variant} kernel's instructions need")
     return None
 
 

@@ -2,6 +2,8 @@
 
     python benchmarks/attention_training_shapes.py                  # the default grid, bf16 and float32
     python benchmarks/attention_training_shapes.py --lengths 16,32,64 --problems 256,1024 --repeats 3
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/attention_training_shapes.py \
+        --out benchmarks/results/attention_training_shapes_avx2   # an AVX-512 machine measured as AVX2-only
 
 For each (N, b*h, dtype, mask) case it times forward and forward+backward of the backends that can serve a
 training call on this CPU — "torch" (SDPA), "batched" (batched matmuls, float32 softmax), "cpu_bf16" /
@@ -62,7 +64,8 @@ def time_once(backend: str, q, k, v, kwargs, backward: bool) -> float:
 
 def run_case(n, problems, d, dtype, mask_kind, repeats) -> dict:
     q, k, v, kwargs = inputs(n, problems, d, dtype, mask_kind)
-    call_names = ["torch", "batched"] + (["cpu_bf16"] if dtype == torch.bfloat16 else ["cpu_f32"])
+    # torch_f32: SDPA on float32 copies, what "auto" picks for bf16 where the CPU has no bf16 units
+    call_names = ["torch", "batched"] + (["cpu_bf16", "torch_f32"] if dtype == torch.bfloat16 else ["cpu_f32"])
     names = []
     for name in call_names:
         try:
@@ -92,14 +95,15 @@ def markdown(res: dict) -> str:
         (f"Machine: {m['processor']}, {m['cores']} cores, {m['threads']} torch threads, torch {m['torch']} "
          f"({m['torch_cpu_capability']}); load average at the end {m.get('load_average')}."),
         f"Command: `python benchmarks/{res['command']}`; medians of {res['repeats']} interleaved repeats, ms.", "",
-        ("| N | b*h | dtype | mask | fwd: torch / batched / C kernel | fastest | fwd+bwd: torch / batched / "
-         "C kernel | fastest | auto (fwd+bwd) |"),
+        ("| N | b*h | dtype | mask | fwd: torch / batched / C kernel (/ torch_f32 for bf16) | fastest | fwd+bwd: "
+         "torch / batched / C kernel (/ torch_f32) | fastest | auto (fwd+bwd) |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(r: dict, mode: str) -> str:
         kernel = "cpu_bf16" if r["dtype"] == "bfloat16" else "cpu_f32"
-        return " / ".join(f"{r[mode].get(name, float('nan')):.2f}" for name in ("torch", "batched", kernel))
+        names = ("torch", "batched", kernel) + (("torch_f32",) if r["dtype"] == "bfloat16" else ())
+        return " / ".join(f"{r[mode].get(name, float('nan')):.2f}" for name in names)
 
     for r in res["cases"]:
         lines.append(f"| {r['n']} | {r['problems']} | {r['dtype']} | {r['mask']} | {cell(r, 'fwd')} | "

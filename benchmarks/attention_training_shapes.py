@@ -3,7 +3,7 @@
     python benchmarks/attention_training_shapes.py                  # the default grid, bf16 and float32
     python benchmarks/attention_training_shapes.py --lengths 16,32,64 --problems 256,1024 --repeats 3
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/attention_training_shapes.py \
-        --out benchmarks/results/attention_training_shapes_avx2   # an AVX-512 machine measured as AVX2-only
+        --out /tmp/ats_avx2   # an AVX-512 machine measured as AVX2-only (results/ keeps one current result)
 
 For each (N, b*h, dtype, mask) case it times forward and forward+backward of the backends that can serve a
 training call on this CPU — "torch" (SDPA), "batched" (batched matmuls, float32 softmax), "cpu_bf16" /

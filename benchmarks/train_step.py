@@ -193,12 +193,11 @@ def main() -> None:
     ap.add_argument("--isa", choices=("avx2",), default=None,
                     help="cap PyTorch and oneDNN to this ISA (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA; the process "
                          "re-executes itself with them): an AVX-512 machine measured as an AVX2-only one")
-    ap.add_argument("--out", default=None, help="default benchmarks/results/train_step (train_step_avx2 with --isa)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step"))
     args = ap.parse_args()
     if args.isa and os.environ.get("ATEN_CPU_CAPABILITY") != args.isa:  # the caps are read once, at first use
         env = {**os.environ, "ATEN_CPU_CAPABILITY": args.isa, "ONEDNN_MAX_CPU_ISA": args.isa.upper()}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
-    args.out = args.out or str(ROOT / "benchmarks" / "results" / ("train_step_" + args.isa if args.isa else "train_step"))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -76,9 +76,9 @@ def default_ns_dtype(device: torch.device) -> torch.dtype:
     products run ~20x slower (measured on an AVX2 EPYC)."""
     if device.type != "cpu":
         return torch.bfloat16
-    from ..attention.cpu_kernel import cpu_flags
+    from ..attention.batched import cpu_has_bf16_units
 
-    return torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & cpu_flags() else torch.float32
+    return torch.bfloat16 if cpu_has_bf16_units() else torch.float32
 
 
 def newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
@@ -131,7 +131,8 @@ class Muon(torch.optim.Muon):
                 key = (tuple(sorted(p.shape)), p.device, p.dtype) if self.stack else (id(p),)
                 shapes.setdefault(key, []).append((p, update))
             for items in shapes.values():
-                for p, update in zip((p for p, _ in items), self._orthogonalise(group, [u for _, u in items])):
+                params, updates = zip(*items)
+                for p, update in zip(params, self._orthogonalise(group, list(updates))):
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                     p.add_(update.to(p.dtype), alpha=-group["lr"] * _muon_lr_ratio(group["adjust_lr_fn"], p.shape))
         return loss

@@ -41,9 +41,11 @@ from selfattn.io import atomic_write_json, atomic_write_text
 from selfattn.models import build_model, preset
 from selfattn.positional import sinusoidal_table
 from selfattn.training import TrainConfig, build_optimizer
+from selfattn.training.forward import resolve_amp
 from selfattn.training.loss import smoothed_cross_entropy
 
 V, C, HEADS, FF, LAYERS = 8000, 256, 8, 1024, 3
+REFS = ("nn.Transformer fp32", "nn.Transformer bf16", "selfattn fp32", "selfattn@base fp32")  # ratio columns
 
 
 class PlainTransformer(nn.Module):
@@ -160,7 +162,8 @@ def machine() -> dict:
     info = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch": torch.__version__, "python": platform.python_version(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-            "isa_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}}
+            "isa_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
+            "amp_auto": resolve_amp("auto", torch.device("cpu"))[1]}  # what the Trainer picks on this machine
     try:
         text = Path("/proc/cpuinfo").read_text()
         for line in text.splitlines():
@@ -244,7 +247,7 @@ def main() -> None:
                      "gflops_per_s": flops / med / 1e9, "last_loss_sum": r.losses[-1]})
     by = {row["name"]: row for row in rows}
     for row in rows:
-        for ref in ("nn.Transformer bf16", "selfattn fp32", "selfattn@base fp32"):
+        for ref in REFS:
             if ref in by:
                 row[f"vs {ref}"] = by[ref]["median_s"] / row["median_s"]
     result = {"benchmark": "train_step", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -264,20 +267,18 @@ def markdown(res: dict) -> str:
          f"{res['length']} tokens, lengths {res['min_len']}-{res['length']} padded)"), "",
         (f"Machine: {m['processor']}, {m['cores']} cores, torch {m['torch']} ({m['torch_cpu_capability']}), "
          f"{m['threads']} torch threads, flags {' '.join(m.get('flags', []))}; load average at the end "
-         f"{m.get('load_average')}."
+         f"{m.get('load_average')}. Trainer default here: {m.get('amp_auto', 'not recorded')}."
          + (f" **ISA capped** by {m['isa_caps']}: the CPU behaves as an AVX2-only one." if m.get("isa_caps") else "")),
         (f"Command: `python benchmarks/{res['command']}`; medians of {res['rounds']} interleaved rounds "
          f"after {res['warmup']} warm-up steps; {res['gflop_per_step']:.0f} GFLOP of matmuls per step."), "",
-        "| configuration | median step s | tokens/s | GFLOP/s | vs nn.Transformer bf16 | vs selfattn fp32 | "
-        "vs selfattn@base fp32 |",
-        "|---|---|---|---|---|---|---|",
     ]
+    refs = [ref for ref in REFS if any(r["name"] == ref for r in res["rows"])]  # only the columns this run has
+    lines += ["| configuration | median step s | tokens/s | GFLOP/s | " + " | ".join(f"vs {ref}" for ref in refs) + " |",
+              "|---|---|---|---|" + "---|" * len(refs)]
     for r in res["rows"]:
-        a = r.get("vs nn.Transformer bf16", math.nan)
-        b = r.get("vs selfattn fp32", math.nan)
-        c = r.get("vs selfattn@base fp32", math.nan)
+        ratios = " | ".join(f"{r[f'vs {ref}']:.2f}x" for ref in refs)
         lines.append(f"| {r['name']} | {r['median_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['gflops_per_s']:.0f} | "
-                     f"{a:.2f}x | {b:.2f}x | {c:.2f}x |")
+                     f"{ratios} |")
     return "\n".join(lines) + "\n"
 
 

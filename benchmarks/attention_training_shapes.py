@@ -93,7 +93,8 @@ def markdown(res: dict) -> str:
     lines = [
         f"# attention_training_shapes: short sequences, many problems (head dim {res['head_dim']})", "",
         (f"Machine: {m['processor']}, {m['cores']} cores, {m['threads']} torch threads, torch {m['torch']} "
-         f"({m['torch_cpu_capability']}); load average at the end {m.get('load_average')}."),
+         f"({m['torch_cpu_capability']}), flags {' '.join(m.get('flags', []))}; load average at the end "
+         f"{m.get('load_average')}."),
         f"Command: `python benchmarks/{res['command']}`; medians of {res['repeats']} interleaved repeats, ms.", "",
         ("| N | b*h | dtype | mask | fwd: torch / batched / C kernel (/ torch_f32 for bf16) | fastest | fwd+bwd: "
          "torch / batched / C kernel (/ torch_f32) | fastest | auto (fwd+bwd) |"),
@@ -108,7 +109,18 @@ def markdown(res: dict) -> str:
     for r in res["cases"]:
         lines.append(f"| {r['n']} | {r['problems']} | {r['dtype']} | {r['mask']} | {cell(r, 'fwd')} | "
                      f"{r['fwd_fastest']} | {cell(r, 'fwdbwd')} | {r['fwdbwd_fastest']} | {r['fwdbwd_auto']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *policy_summary(res["cases"])]) + "\n"
+
+
+def policy_summary(cases: list[dict]) -> list[str]:
+    """Per dtype: in how many cells auto's fwd+bwd pick is within 5% of the fastest, the worst miss."""
+    out = []
+    for dtype in sorted({r["dtype"] for r in cases}):
+        rows = [r for r in cases if r["dtype"] == dtype]
+        slow = [r["fwdbwd"][r["fwdbwd_auto"]] / r["fwdbwd"][r["fwdbwd_fastest"]] for r in rows]
+        out.append(f"- {dtype}, fwd+bwd: auto within 5% of the fastest in {sum(x <= 1.05 for x in slow)} of "
+                   f"{len(rows)} cells; worst {max(slow):.2f}x the fastest.")
+    return out
 
 
 def main() -> None:

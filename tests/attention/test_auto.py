@@ -91,16 +91,23 @@ def test_auto_result_equals_math_on_a_flash_case():
     torch.testing.assert_close(out[:, :, -64:], ref, atol=1e-12, rtol=1e-12)
 
 
-def test_bfloat16_on_cpu_runs_sdpa_in_float32():
+def test_bfloat16_on_cpu_runs_sdpa_in_float32(monkeypatch):
+    """Without bf16 units (AVX2, or AVX-512 without avx512_bf16/amx_bf16) "auto" trains bf16 attention through
+    float32 SDPA; with them it declines (the flags are faked both ways, so both branches run on every CPU)."""
+    from selfattn.attention import cpu_kernel
+
     q, k, v = (t.bfloat16().requires_grad_() for t in _qkv(64))
-    choice = selfattn.explain_backend(q, k, v, causal=True)
-    if torch.backends.cpu.get_cpu_capability() == "AVX2":
-        assert choice.chosen == "torch_f32"
-        with torch.no_grad():  # forward only: bf16 SDPA is as fast
-            fwd = selfattn.explain_backend(q, k, v, causal=True)
-        assert fwd.chosen == "torch" and "forward only" in fwd.reasons["torch_f32"]
-    else:
-        assert "AVX2" in choice.reasons["torch_f32"]
+    if not cpu_kernel.cpu_has_bf16_units():  # a real CPU of that kind: nothing above it serves the call
+        assert selfattn.explain_backend(q, k, v, causal=True).chosen == "torch_f32"
+    monkeypatch.setattr(cpu_kernel, "cpu_has_bf16_units", lambda: False)
+    why = selfattn.explain_backend(q, k, v, causal=True).reasons.get("torch_f32")
+    assert why is None or why.startswith("lower priority")  # a bf16 CPU's own kernel may outrank it
+    with torch.no_grad():  # forward only: bf16 SDPA is as fast
+        fwd = selfattn.explain_backend(q, k, v, causal=True)
+    assert "forward only" in fwd.reasons["torch_f32"]
+    monkeypatch.setattr(cpu_kernel, "cpu_has_bf16_units", lambda: True)
+    assert "has bf16 units" in selfattn.explain_backend(q, k, v, causal=True).reasons["torch_f32"]
+    monkeypatch.undo()
     out = selfattn.attention(q, k, v, causal=True, backend="torch_f32")
     ref = selfattn.attention(*(t.detach().double() for t in (q, k, v)), causal=True, backend="math")
     eps = torch.finfo(torch.bfloat16).eps  # float32 compute: only the output rounding is bf16

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .cpu_kernel import cpu_flags
+from .cpu_kernel import cpu_has_bf16_units
 from .guards import all_finite, bias_is_finite, empty_result, is_empty, logits_may_overflow
 from .math_backend import math_attention, score_bias_and_mask
 from .spec import AttentionCall
@@ -44,12 +44,6 @@ AUTO_F32_MIN_PROBLEMS = 512
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_bf16_units() -> bool:
-    """AVX-512 BF16 or AMX-BF16 (from /proc/cpuinfo): bf16 matmuls run at full speed."""
-    flags = cpu_flags()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _compute_dtype(x: Tensor) -> torch.dtype:
     low = x.dtype in (torch.bfloat16, torch.float16)
     if low and x.device.type == "cpu" and not cpu_has_bf16_units():
@@ -169,4 +163,4 @@ def batched_auto_declines(call: AttentionCall) -> str | None:
 
 
 __all__ = ["AUTO_F32_MIN_PROBLEMS", "AUTO_MAX_LEN", "BatchedAttention", "batched_attention", "batched_auto_declines",
-           "batched_supports", "cpu_has_bf16_units"]
+           "batched_supports"]

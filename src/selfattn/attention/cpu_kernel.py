@@ -73,6 +73,13 @@ def cpu_flags() -> set[str]:
     return set(_cpu_flags())
 
 
+def cpu_has_bf16_units() -> bool:
+    """AVX-512 BF16 or AMX-BF16 among the usable flags: bf16 matmuls run at full speed. Without them (AVX2
+    CPUs, AVX-512 CPUs before Cooper Lake) bf16 products are emulated and several times slower than fp32."""
+    flags = cpu_flags()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 # ONEDNN_MAX_CPU_ISA values (oneDNN's names) -> the flag families they leave out
 _ONEDNN_CAPS = {"SSE41": ("avx512", "amx"), "AVX": ("avx512", "amx"), "AVX2": ("avx512", "amx"),
                 "AVX2_VNNI": ("avx512", "amx"), "AVX2_VNNI_2": ("avx512", "amx"),
@@ -263,4 +270,4 @@ def block_sizes(variant: str) -> tuple[int, int]:
 
 
 __all__ = ["BLOCKS", "KERNEL_VERSION", "KernelUnavailable", "block_sizes", "build", "cache_dir", "cpu_flags",
-           "cpu_reason", "kernel", "library_path", "unavailable_reason"]
+           "cpu_has_bf16_units", "cpu_reason", "kernel", "library_path", "unavailable_reason"]

@@ -76,7 +76,7 @@ def default_ns_dtype(device: torch.device) -> torch.dtype:
     products run ~20x slower (measured on an AVX2 EPYC)."""
     if device.type != "cpu":
         return torch.bfloat16
-    from ..attention.batched import cpu_has_bf16_units
+    from ..attention.cpu_kernel import cpu_has_bf16_units
 
     return torch.bfloat16 if cpu_has_bf16_units() else torch.float32
 

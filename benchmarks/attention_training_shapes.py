@@ -109,7 +109,7 @@ def markdown(res: dict) -> str:
     for r in res["cases"]:
         lines.append(f"| {r['n']} | {r['problems']} | {r['dtype']} | {r['mask']} | {cell(r, 'fwd')} | "
                      f"{r['fwd_fastest']} | {cell(r, 'fwdbwd')} | {r['fwdbwd_fastest']} | {r['fwdbwd_auto']} |")
-    return "\n".join(lines + ["", *policy_summary(res["cases"])]) + "\n"
+    return "\n".join([*lines, "", *policy_summary(res["cases"])]) + "\n"
 
 
 def policy_summary(cases: list[dict]) -> list[str]:

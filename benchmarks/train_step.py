@@ -22,7 +22,6 @@ Writes benchmarks/results/train_step.{json,md} with the machine (CPU flags, core
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import statistics

@@ -23,7 +23,6 @@ inputs are multiplied in float32 and the output rounded back; with AVX-512 BF16 
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -43,7 +42,6 @@ AUTO_MAX_LEN = {"bf16_backward": 64, "bf16_forward": 32, "f32": 32}
 AUTO_F32_MIN_PROBLEMS = 512
 
 
-@functools.lru_cache(maxsize=1)
 def _compute_dtype(x: Tensor) -> torch.dtype:
     low = x.dtype in (torch.bfloat16, torch.float16)
     if low and x.device.type == "cpu" and not cpu_has_bf16_units():

@@ -76,7 +76,7 @@ def cpu_flags() -> set[str]:
 def cpu_has_bf16_units() -> bool:
     """AVX-512 BF16 or AMX-BF16 among the usable flags: bf16 matmuls run at full speed. Without them (AVX2
     CPUs, AVX-512 CPUs before Cooper Lake) bf16 products are emulated and several times slower than fp32."""
-    flags = cpu_flags()
+    flags = _cpu_flags()  # cached: this runs on every batched attention call
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -179,6 +179,9 @@ def cpu_f32_supports(call: AttentionCall) -> str | None:
 # faster causal or with gradients, but 0.92x (N = 512, 1024), 1.03x (2048), 1.13x (4096) forward
 # without any mask, where SDPA's own fused kernel serves the call. For 1-32 queries (decoding) the
 # kernel is 0.2-0.4x SDPA, a 64-row query block being mostly padding (B*H = 8..256).
+# Not settled: on a 2-core Intel Xeon without bf16 units (AVX-512F/VNNI), training shapes (d 32, N 64-256,
+# 64-2,048 problems) ran SDPA 1.1-1.8x faster than cpu_f32 forward+backward, where the AMD EPYC had the
+# kernel ahead (benchmarks/attention_training_shapes.py); the policy is kept until more machines decide it.
 AUTO_MIN_QUERIES = 64
 AUTO_F32_PLAIN_FORWARD_MIN_SCORES = 4096 * 4096  # below: SDPA for mask-free float32 forwards
 

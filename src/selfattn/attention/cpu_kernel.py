@@ -73,11 +73,13 @@ def cpu_flags() -> set[str]:
     return set(_cpu_flags())
 
 
+BF16_UNIT_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # either one: bf16 matmuls run at full speed
+
+
 def cpu_has_bf16_units() -> bool:
-    """AVX-512 BF16 or AMX-BF16 among the usable flags: bf16 matmuls run at full speed. Without them (AVX2
-    CPUs, AVX-512 CPUs before Cooper Lake) bf16 products are emulated and several times slower than fp32."""
-    flags = _cpu_flags()  # cached: this runs on every batched attention call
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """One of ``BF16_UNIT_FLAGS`` among the usable flags. Without them (AVX2 CPUs, AVX-512 CPUs before Cooper
+    Lake) bf16 products are emulated and several times slower than fp32."""
+    return not BF16_UNIT_FLAGS.isdisjoint(_cpu_flags())  # the cached set: this runs on every batched call
 
 
 # ONEDNN_MAX_CPU_ISA values (oneDNN's names) -> the flag families they leave out
@@ -269,5 +271,5 @@ def block_sizes(variant: str) -> tuple[int, int]:
     return BLOCKS
 
 
-__all__ = ["BLOCKS", "KERNEL_VERSION", "KernelUnavailable", "block_sizes", "build", "cache_dir", "cpu_flags",
-           "cpu_has_bf16_units", "cpu_reason", "kernel", "library_path", "unavailable_reason"]
+__all__ = ["BF16_UNIT_FLAGS", "BLOCKS", "KERNEL_VERSION", "KernelUnavailable", "block_sizes", "build", "cache_dir",
+           "cpu_flags", "cpu_has_bf16_units", "cpu_reason", "kernel", "library_path", "unavailable_reason"]

@@ -33,9 +33,9 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
         return amp, f"amp {amp} (set explicitly)"
     if device.type != "cpu":
         return "none", f"amp none (auto: bf16 by default only on CPUs with bf16 units; {device.type} not measured)"
-    from ..attention.cpu_kernel import cpu_flags
+    from ..attention.cpu_kernel import BF16_UNIT_FLAGS, cpu_flags
 
-    units = sorted({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    units = sorted(BF16_UNIT_FLAGS & cpu_flags())
     if units:
         return "bf16", f"amp bf16 (auto: this CPU has {' and '.join(units)})"
     return "none", "amp none (auto: this CPU has no bf16 units — no avx512_bf16 or amx_bf16 — fp32 is faster)"

@@ -9,6 +9,9 @@ id lists); add one there. Sources are sorted by length and cut into batches of `
 decoded with the cap ``1.5 m + 10`` tokens (m = the batch's longest source), pad and bos never generated.
 Beams are ranked by plain log-probability by default (``--alpha 0``): selfattn's GNMT penalty ((5+L)/6)^a,
 HF's L^a and CTranslate2's are different functions, so only alpha = 0 ranks hypotheses alike in all engines.
+The engines also stop a beam differently: HF (and ``selfattn``) once k hypotheses are finished, CTranslate2 at
+alpha 0 once the best candidate is finished — ``selfattn-best`` (``early_stopping="best"``) stops by the latter
+rule, so HF rows are compared with ``selfattn`` and CTranslate2 rows with ``selfattn-best``.
 Each runner runs in a process of its own, in rounds of alternating order (see ``measure``). Writes benchmarks/results/translate_speed.{json,md}
 (machine, versions and the command inside).
 """
@@ -77,8 +80,9 @@ def cap(chunk: list[list[int]]) -> int:
     return int(1.5 * max(len(s) for s in chunk)) + 10  # selfattn's DecodeConfig max_len_a, max_len_b
 
 
-def _selfattn(int8: bool = False, compile: bool = False):
-    """selfattn's own batched search: eager, with int8 dynamic-quantized linears, or a compiled decoder step."""
+def _selfattn(int8: bool = False, compile: bool = False, early_stopping: bool | str = True):
+    """selfattn's own batched search: eager, with int8 dynamic-quantized linears, or a compiled decoder step;
+    beams stop by HF's rule (k finished) or, ``early_stopping="best"``, by CTranslate2's at alpha 0."""
     def run(ctx: Context, chunk: list[list[int]], s: Setting) -> list[list[int]]:
         from selfattn.generation.fast import for_inference
         from selfattn.translation.translate import DecodeConfig, translate_ids
@@ -86,7 +90,8 @@ def _selfattn(int8: bool = False, compile: bool = False):
         key = f"selfattn-int8={int8}-compile={compile}"
         if key not in ctx.cache:
             ctx.cache[key] = for_inference(ctx.model, int8=int8, compile=compile) if int8 or compile else ctx.model
-        cfg = DecodeConfig(beam=s.beam, alpha=s.alpha, batch_tokens=10**9)  # one batch: the chunk
+        cfg = DecodeConfig(beam=s.beam, alpha=s.alpha, batch_tokens=10**9,  # one batch: the chunk
+                           early_stopping=early_stopping)
         return [h[0][0] for h in translate_ids(ctx.cache[key], chunk, ctx.sp, cfg)]
     return run
 
@@ -128,6 +133,7 @@ RUNNERS: dict[str, Callable[[Context, list[list[int]], Setting], list[list[int]]
     "selfattn": _selfattn(),
     "selfattn-int8": _selfattn(int8=True),
     "selfattn-compiled": _selfattn(compile=True),
+    "selfattn-best": _selfattn(early_stopping="best"),  # the beam stop rule CTranslate2 uses at alpha 0
     "hf": run_hf,
     "ctranslate2": _ct2(None),
     "ctranslate2-int8": _ct2("int8"),
@@ -235,22 +241,23 @@ def main() -> None:
 def write(args, rows: list[dict]) -> None:
     from selfattn.io import atomic_write_bytes
 
-    for row in rows:  # agreement with selfattn's own outputs, sentence by sentence
-        ref = next((r for r in rows if r["runner"] == "selfattn" and (r["beam"], r["batch"]) == (row["beam"], row["batch"])),
-                   None)
-        same = sum(a == b for a, b in zip(row["outputs"], ref["outputs"])) if ref else None
-        row["same_as_selfattn"] = None if same is None else same / row["sentences"]
+    for row in rows:  # agreement with selfattn's own outputs (HF's stop rule, CTranslate2's), sentence by sentence
+        for name in ("selfattn", "selfattn-best"):
+            ref = next((r for r in rows if r["runner"] == name and (r["beam"], r["batch"]) == (row["beam"], row["batch"])),
+                       None)
+            same = sum(a == b for a, b in zip(row["outputs"], ref["outputs"])) if ref else None
+            row[f"same_as_{name.replace('-', '_')}"] = None if same is None else same / row["sentences"]
     doc = {"machine": machine(), "run": str(args.run), "threads": args.threads,
            "results": [{k: v for k, v in r.items() if k != "outputs"} for r in rows]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out + ".json", (json.dumps(doc, indent=1) + "\n").encode())
     lines = ["**translate_speed**", "", machine_line(doc["machine"]), "",
-             "| runner | beam | batch | sentences | sentences/s | BLEU | BLEU-lc | same output as selfattn |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| runner | beam | batch | sentences | sentences/s | BLEU | BLEU-lc | same output as selfattn "
+             "| same as selfattn-best |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["results"]:
-        same = "" if r["same_as_selfattn"] is None else f"{100 * r['same_as_selfattn']:.1f}%"
+        same = ["" if r[c] is None else f"{100 * r[c]:.1f}%" for c in ("same_as_selfattn", "same_as_selfattn_best")]
         lines.append(f"| {r['runner']} | {r['beam']} | {r['batch']} | {r['sentences']} | {r['sentences_per_s']} | {r['bleu']} | "
-                     f"{r['bleu_lc']} | {same} |")
+                     f"{r['bleu_lc']} | {same[0]} | {same[1]} |")
     atomic_write_bytes(args.out + ".md", ("\n".join(lines) + "\n").encode())
 
 

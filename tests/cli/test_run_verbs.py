@@ -126,3 +126,18 @@ def test_embed_stdin_that_is_not_utf8_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
     assert main(["embed"]) == 2
     assert "stdin is not UTF-8" in _one_line(capsys.readouterr().err)
+
+
+def test_translate_early_stopping_best_gives_the_exact_rules_output(mt_run, capsys, tmp_path):
+    """--early-stopping best returns what false (the exhaustive rule) returns; an unknown rule is refused."""
+    src = tmp_path / "in.de"
+    src.write_text("ein mann fährt fahrrad.\nder hund läuft im park.\neine frau.\n")
+    outs = {}
+    for rule in ("false", "best"):
+        assert main(["translate", "--checkpoint", str(mt_run), "--beam", "3", "--nbest", "2", "--alpha", "0",
+                     "--early-stopping", rule, "--input", str(src)]) == 0
+        outs[rule] = capsys.readouterr().out
+    assert outs["best"] == outs["false"] and len(outs["best"].splitlines()) == 6
+    with pytest.raises(SystemExit):
+        main(["translate", "--checkpoint", str(mt_run), "--early-stopping", "never", "--input", str(src)])
+    assert "invalid choice" in capsys.readouterr().err

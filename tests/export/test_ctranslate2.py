@@ -2,8 +2,9 @@
 
 The reference is CTranslate2's own C++ Transformer fed the exported spec: the same greedy and beam-4 output
 ids as selfattn mean every weight, norm placement, position table and the decoding rules agree. Both rank
-beams by plain log-probability here (alpha = 0); selfattn's GNMT penalty and CTranslate2's ``length_penalty``
-are compared at 0.6 in the benchmark instead. Nothing is suppressed on either side: CTranslate2 renormalises
+beams by plain log-probability here (alpha = 0), and selfattn stops its beam by CTranslate2's rule at alpha 0
+(``early_stopping="best"``: done once no live hypothesis can beat the best finished one; with HF's rule, stop at
+k finished, the two searches may return different hypotheses of the same beam). Nothing is suppressed on either side: CTranslate2 renormalises
 after removing suppressed ids, selfattn (like Hugging Face and fairseq) does not, and on a model trained for a
 second the banned ids' mass is enough to change which beam survives.
 
@@ -38,7 +39,7 @@ def _decode(model, sp, sources, beam):
         kw = dict(src=[s], max_new_tokens=int(1.5 * len(s)) + 10, bos_id=sp.bos_id, stop_tokens=(sp.eos_id,),
                   pad_id=sp.pad_id, banned=[])
         ids = greedy(model, **kw)[0] if beam == 1 else beam_search(model, beam_size=beam, length_alpha=0.0,
-                                                                   **kw)[0][0].tokens
+                                                                   early_stopping="best", **kw)[0][0].tokens
         out.append(ids[:-1] if ids and ids[-1] == sp.eos_id else ids)
     return out
 

@@ -95,8 +95,9 @@ def test_beam_size_one_equals_greedy():
     assert [h[0].tokens for h in b] == g
 
 
+@pytest.mark.parametrize("early_stopping", [False, "best"])
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 1.5])
-def test_full_width_beam_finds_brute_force_best(alpha):
+def test_full_width_beam_finds_brute_force_best(alpha, early_stopping):
     """Vocabulary {pad, bos, eos, 3, 4}: outputs are sequences over {eos, 3, 4} ending in eos or at length 4."""
     model = _encdec(torch.float64, vocab=5, seed=1)
     src = torch.tensor([[3, 4, 4, 3]])
@@ -120,11 +121,43 @@ def test_full_width_beam_finds_brute_force_best(alpha):
             candidates += [list(t) for t in itertools.product([3, 4], repeat=n)]
     ranked = sorted(candidates, key=lambda s: -score(s)[0])
     hyps = beam_search(model, src=src, beam_size=16, max_new_tokens=max_len, length_alpha=alpha,
-                       early_stopping=False, num_return=3, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD)[0]
+                       early_stopping=early_stopping, num_return=3, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD)[0]
     assert [h.tokens for h in hyps] == ranked[:3]
     for h in hyps:
         s, lp = score(h.tokens)
         assert math.isclose(h.logprob, lp, rel_tol=1e-9) and math.isclose(h.score, s, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+@pytest.mark.parametrize("num_return", [1, 2])
+def test_best_stopping_returns_what_the_exact_search_returns_in_fewer_steps(alpha, num_return):
+    """early_stopping="best" stops once its num_return best finished cannot be beaten: the same hypotheses as
+    the exact rule (False), never more decoder steps, and fewer on some input (else the rule changes nothing)."""
+    model = _encdec(torch.float64, vocab=7, seed=4)
+    calls = {"n": 0}
+    decode = model.decode
+
+    def counting(*a, **kw):
+        calls["n"] += 1
+        return decode(*a, **kw)
+
+    model.decode = counting
+    kw = dict(beam_size=4, max_new_tokens=12, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD, length_alpha=alpha,
+              num_return=num_return)
+    steps, results = {}, {}
+    for rule in (False, "best"):
+        results[rule], steps[rule] = [], []
+        for s in ([5, 3, 4], [6], [4, 4, 6, 5], [3, 5, 5, 6, 4], [6, 3]):
+            calls["n"] = 0
+            results[rule].append([(h.tokens, h.score) for h in beam_search(model, src=[s], early_stopping=rule, **kw)[0]])
+            steps[rule].append(calls["n"])
+    assert results["best"] == results[False]
+    assert all(a <= b for a, b in zip(steps["best"], steps[False])) and steps["best"] != steps[False], steps
+
+
+def test_beam_refuses_unknown_early_stopping():
+    with pytest.raises(ValueError, match="early_stopping must be one of"):
+        beam_search(_encdec(), src=[[5, 6]], bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD, early_stopping="never")
 
 
 def test_beam_cached_equals_uncached():
@@ -135,7 +168,7 @@ def test_beam_cached_equals_uncached():
     assert [[h.tokens for h in x] for x in a] == [[h.tokens for h in x] for x in b]
 
 
-@pytest.mark.parametrize("early_stopping", [True, False])
+@pytest.mark.parametrize("early_stopping", [True, False, "best"])
 def test_beam_batch_equals_each_input_alone(early_stopping):
     """Inputs that finish early leave the batch; the others' beams, logprobs and n-best lists are unchanged."""
     model = _encdec(torch.float64, vocab=6, seed=1)  # a small vocabulary: the stop token comes early or late

@@ -80,9 +80,20 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("translation runs (BLEU / chrF with sacreBLEU signatures)")
     g.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy (default 4, the paper's)")
     g.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty (default 0.6)")
+    add_stop_argument(g)
     g.add_argument("--num-sentences", type=int, default=0, help="only the first N sentences (default all)")
     g.add_argument("--hyp-out", metavar="FILE", help="also write the translations to FILE")
     add_speed_arguments(g)
+
+
+STOP_RULES = {"true": True, "false": False, "best": "best"}  # --early-stopping -> beam_search(early_stopping=)
+
+
+def add_stop_argument(g) -> None:
+    g.add_argument("--early-stopping", choices=STOP_RULES, default="true",
+                   help="beam stop rule: true = at beam-size finished hypotheses (HF, fairseq; default), false = "
+                        "when no live one can beat the beam-size best, best = when none can beat those returned "
+                        "(CTranslate2's rule at --alpha 0; same output as false, fewer steps)")
 
 
 def add_speed_arguments(g) -> None:
@@ -116,7 +127,8 @@ def evaluate_run(args) -> int:
     if args.num_sentences:
         srcs, refs = srcs[: args.num_sentences], refs[: args.num_sentences]
     t0 = time.perf_counter()
-    hyps = [h[0][0] for h in translate(model, sp, srcs, DecodeConfig(beam=args.beam, alpha=args.alpha))]
+    hyps = [h[0][0] for h in translate(model, sp, srcs, DecodeConfig(beam=args.beam, alpha=args.alpha,
+                                                                 early_stopping=STOP_RULES[args.early_stopping]))]
     seconds = time.perf_counter() - t0
     if args.hyp_out:
         atomic_write_bytes(args.hyp_out, ("\n".join(hyps) + "\n").encode())

@@ -23,9 +23,10 @@ def run(args) -> int:
     from ..translation.translate import translate_ids
     from ._device import resolve_device
     from ._inputs import cut, read_lines
-    from ._translation import prepare_model
+    from ._translation import STOP_RULES, prepare_model
 
-    cfg = DecodeConfig(beam=args.beam, nbest=args.nbest, alpha=args.alpha, batch_tokens=args.batch_tokens)
+    cfg = DecodeConfig(beam=args.beam, nbest=args.nbest, alpha=args.alpha, batch_tokens=args.batch_tokens,
+                       early_stopping=STOP_RULES[args.early_stopping])
     device = resolve_device(args.device)
     model, sp, _ = load_translation_run(args.checkpoint, step=args.step, average_last=args.average_last,
                                         device=device)
@@ -63,7 +64,8 @@ def register(sub) -> None:
     from ._device import add_device_argument
 
     add_device_argument(p)
-    from ._translation import add_speed_arguments
+    from ._translation import add_speed_arguments, add_stop_argument
 
+    add_stop_argument(p)
     add_speed_arguments(p)
     p.set_defaults(func=run)

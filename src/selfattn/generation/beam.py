@@ -6,21 +6,27 @@ Hypotheses are ranked by ``log p(y | x) / lp(L)`` with ``lp(L) = ((5 + L) / 6) *
 (the paper decodes with k = 4, alpha = 0.6, §6.1). Each step expands the k live hypotheses of every input,
 keeps the best 2k candidates, files those ending in a stop token among the first k as finished and
 continues the best k others (the scheme of HF ``BeamSearchScorer`` and fairseq).
-``early_stopping=True`` stops an input once it has k finished hypotheses; ``False`` continues while a
-live hypothesis could still beat the worst of the k best finished (its log-probability can only fall,
-and for alpha >= 0 the best it can reach is ``logp / lp(max_len)``) — exact, so a beam as wide as the
-search space returns the best sequence of the model.
+``early_stopping=True`` stops an input once it has k finished hypotheses (HF's and fairseq's rule);
+``False`` continues while a live hypothesis could still beat the worst of the k best finished (its
+log-probability can only fall, and for alpha >= 0 the best it can reach is ``logp / lp(max_len)``) — exact, so
+a beam as wide as the search space returns the best sequence of the model. ``"best"`` applies that bound to
+the ``num_return`` best finished instead of the k best: the search stops as soon as what it returns can no
+longer change, which is CTranslate2's rule at alpha = 0 (it exits once the top candidate is finished) and
+usually takes the fewest steps; the hypotheses returned are those ``False`` returns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from .search import _ban, _prepare, _Session
+
+EARLY_STOPPING = (True, False, "best")  # beam_search(early_stopping=...): see the module docstring
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -37,7 +43,7 @@ class Hypothesis:
 
 @torch.no_grad()
 def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, max_new_tokens: int = 64,
-                length_alpha: float = 0.6, early_stopping: bool = True, num_return: int = 1,
+                length_alpha: float = 0.6, early_stopping: bool | Literal["best"] = True, num_return: int = 1,
                 bos_id: int | None = None, stop_tokens: Sequence[int] = (), pad_id: int | None = None,
                 use_cache: bool = True, banned: Sequence[int] | None = None) -> list[list[Hypothesis]]:
     """The ``num_return`` best hypotheses (best first) for each input. LM prompts must share one length.
@@ -49,12 +55,15 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
         raise ValueError(f"need beam_size >= 1 and 1 <= num_return <= beam_size, got {beam_size}, {num_return}")
     if length_alpha < 0:
         raise ValueError(f"length_alpha must be >= 0, got {length_alpha}")
+    if not (isinstance(early_stopping, bool) or early_stopping == "best"):
+        raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {early_stopping!r}")
     banned = [i for i in (pad_id, bos_id) if i is not None] if banned is None else list(banned)
     src_t, src_pad, prefix = _prepare(model, src, prompt, bos_id, pad_id)
     b = prefix.shape[0]
     session = _Session(model, src_t, prefix, use_cache, src_pad)
     session.reorder(torch.arange(b).repeat_interleave(k))  # (b*k,): encode once, copy memory for every beam
-    beams = _Beams(b, k, set(stop_tokens), length_alpha, early_stopping, max_new_tokens)
+    need = num_return if early_stopping == "best" else k  # finished hypotheses the stopping rule looks at
+    beams = _Beams(b, k, set(stop_tokens), length_alpha, early_stopping is True, need, max_new_tokens)
     for step in range(max_new_tokens):
         logp = _ban(session.logits().log_softmax(-1), banned)  # (a*k, V), a = inputs still decoding
         w = min(2 * k, logp.shape[-1])
@@ -72,8 +81,11 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
 class _Beams:
     """The k live hypotheses of each input still decoding (``active``), and the finished ones."""
 
-    def __init__(self, b: int, k: int, stops: set[int], alpha: float, early_stopping: bool, max_len: int):
-        self.k, self.stops, self.alpha, self.early, self.max_len = k, stops, alpha, early_stopping, max_len
+    def __init__(self, b: int, k: int, stops: set[int], alpha: float, heuristic: bool, need: int, max_len: int):
+        """heuristic: stop at ``need`` finished (early_stopping=True); else once no live hypothesis can beat the
+        ``need`` best finished."""
+        self.k, self.stops, self.alpha, self.max_len = k, stops, alpha, max_len
+        self.heuristic, self.need = heuristic, need
         self.active = list(range(b))  # input ids; rows [j*k, (j+1)*k) of the session belong to active[j]
         self.scores = torch.full((b, k), float("-inf"), dtype=torch.float64)  # (a, k) log-probabilities
         self.scores[:, 0] = 0.0  # one live hypothesis at the start, so the first step has no duplicates
@@ -104,7 +116,7 @@ class _Beams:
                 row_r.append(j * k + flat // w)
                 row_t.append(tok)
             live = torch.tensor(row_s + [float("-inf")] * (k - len(row_s)), dtype=torch.float64)  # (k,)
-            if _is_done(self.finished[i], live, k, self.early, self.alpha, self.max_len, cur_len):
+            if _is_done(self.finished[i], live, self.need, self.heuristic, self.alpha, self.max_len, cur_len):
                 continue
             pad = k - len(row_s)  # fewer than k live candidates: repeat the first row (its score is -inf)
             keep.append(i)
@@ -129,16 +141,16 @@ class _Beams:
         return [sorted(f, key=lambda h: -h.score)[:num_return] for f in self.finished]
 
 
-def _is_done(finished: list[Hypothesis], live_scores: Tensor, k: int, early_stopping: bool, alpha: float,
+def _is_done(finished: list[Hypothesis], live_scores: Tensor, need: int, heuristic: bool, alpha: float,
              max_len: int, cur_len: int) -> bool:
     best_live = float(live_scores.max())
     if best_live == float("-inf"):
         return True
-    if len(finished) < k:
+    if len(finished) < need:
         return False
-    if early_stopping:
+    if heuristic:
         return True
-    worst_kept = sorted((h.score for h in finished), reverse=True)[k - 1]
+    worst_kept = sorted((h.score for h in finished), reverse=True)[need - 1]
     # the best normalised score a live hypothesis can still reach (logp <= best_live < 0, lp grows)
     bound = best_live / length_penalty(max_len if alpha > 0 else cur_len, alpha)
     return bound <= worst_kept

@@ -28,6 +28,7 @@ class DecodeConfig:
     beam: int = 4  # the paper's beam size (§6.1); 1 = greedy
     nbest: int = 1  # hypotheses returned per sentence (<= beam)
     alpha: float = 0.6  # GNMT length penalty exponent (§6.1)
+    early_stopping: bool | str = True  # beam stop rule: True k finished (HF, fairseq), False / "best" exact
     max_len_a: float = 1.5  # output length cap a·m + b (fairseq's default shape)
     max_len_b: int = 10
     batch_tokens: int = 2048  # source pieces per decoding batch (beam multiplies the work by k)
@@ -43,6 +44,8 @@ class DecodeConfig:
         if self.sample and self.beam != 1:
             raise ValueError(f"sampling draws one output per sentence: use beam=1 with sample=True, "
                              f"got beam={self.beam}")
+        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "best"):
+            raise ValueError(f"early_stopping must be True, False or 'best', got {self.early_stopping!r}")
         if self.alpha < 0 or self.max_len_a < 0 or self.max_len_b < 1 or self.batch_tokens < 1:
             raise ValueError("alpha, max_len_a must be >= 0 and max_len_b, batch_tokens >= 1, got "
                              f"{self.alpha}, {self.max_len_a}, {self.max_len_b}, {self.batch_tokens}")
@@ -79,7 +82,8 @@ def translate_ids(model: nn.Module, sources: list[list[int]], sp: Subword,
             elif cfg.beam == 1:
                 res = [[(_strip(ids, sp.eos_id), 0.0)] for ids in greedy(model, **kw)]
             else:
-                hyps = beam_search(model, beam_size=cfg.beam, num_return=cfg.nbest, length_alpha=cfg.alpha, **kw)
+                hyps = beam_search(model, beam_size=cfg.beam, num_return=cfg.nbest, length_alpha=cfg.alpha,
+                                   early_stopping=cfg.early_stopping, **kw)
                 res = [[(_strip(h.tokens, sp.eos_id), h.score) for h in hs] for hs in hyps]
             for t, r in zip(idx, res):
                 out[t] = r

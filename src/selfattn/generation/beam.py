@@ -60,20 +60,25 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
     banned = [i for i in (pad_id, bos_id) if i is not None] if banned is None else list(banned)
     src_t, src_pad, prefix = _prepare(model, src, prompt, bos_id, pad_id)
     b = prefix.shape[0]
+    # the first step runs one row per input (its k beams are equal until then), as CTranslate2 does on the CPU
     session = _Session(model, src_t, prefix, use_cache, src_pad)
-    session.reorder(torch.arange(b).repeat_interleave(k))  # (b*k,): encode once, copy memory for every beam
     need = num_return if early_stopping == "best" else k  # finished hypotheses the stopping rule looks at
     beams = _Beams(b, k, set(stop_tokens), length_alpha, early_stopping is True, need, max_new_tokens)
     for step in range(max_new_tokens):
-        logp = _ban(session.logits().log_softmax(-1), banned)  # (a*k, V), a = inputs still decoding
+        logp = _ban(session.logits().log_softmax(-1), banned)  # (a*k, V), a = inputs still decoding; (b, V) first
         w = min(2 * k, logp.shape[-1])
         # the best 2k continuations of the whole input lie among the best 2k of each of its beams
         top_lp, top_tok = logp.topk(w, dim=-1)  # (a*k, w)
+        if step == 0:  # (b*k, w): beam 0 of each input holds the row, beams 1.. score -inf and add nothing
+            top_lp, top_tok = top_lp.repeat_interleave(k, 0), top_tok.repeat_interleave(k, 0)
         rows, tokens = beams.advance(top_lp.cpu().double(), top_tok.cpu(), step + 1)
         if not beams.active:
             break
         rows_t = torch.tensor(rows, dtype=torch.long, device=session.tokens.device)
-        session.reorder(rows_t, same_source=not beams.shrank)
+        if step == 0:  # expand: every beam gets a copy of its input's row (memory and caches included)
+            session.reorder(rows_t // k)
+        else:
+            session.reorder(rows_t, same_source=not beams.shrank)
         session.append(torch.tensor(tokens, dtype=torch.long, device=session.tokens.device))
     return beams.results(num_return)
 

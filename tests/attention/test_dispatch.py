@@ -121,3 +121,13 @@ def test_a_backend_unavailable_at_run_time_hands_auto_to_the_next():
         with pytest.raises(BackendUnavailable):
             state["broken"] = None
             selfattn.attention(q, q, q, backend="flaky")  # named explicitly: the error, no silent switch
+
+
+def test_a_single_causal_query_is_decided_as_not_causal():
+    """Bottom-right causal lets one query attend every key: the call (and every backend's choice) is not causal;
+    with a window the rule still limits the keys, so the call stays causal."""
+    q, k = torch.zeros(2, 4, 1, 8), torch.zeros(2, 4, 6, 8)
+    kw = dict(mask=None, scale=None, dropout_p=0.0, alibi_slopes=None, return_weights=False)
+    assert not validate_call(q, k, k, causal=True, window=None, **kw).causal
+    assert validate_call(q, k, k, causal=True, window=(2, 0), **kw).causal
+    assert validate_call(torch.zeros(2, 4, 2, 8), k, k, causal=True, window=None, **kw).causal

@@ -157,6 +157,15 @@ def head_dims(dt):
     return _case(dt, d=1, e=256, causal=True, n=5, m=3)
 
 
+def decode_step(dt):  # one query against a cache, causal (every key allowed), key padding and ALiBi
+    slopes = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    return _case(dt, n=1, m=9, causal=True, mask=_padding(9, [7, 8]), alibi_slopes=slopes)
+
+
+def decode_step_window(dt):  # one query, causal with a window: the window still rules keys out
+    return _case(dt, n=1, m=9, causal=True, window=(3, 0))
+
+
 def _ids(*rows):  # (b, len) int64 segment ids
     return torch.tensor(rows, dtype=torch.int64)
 
@@ -218,7 +227,7 @@ def float_bias_blocks(dt):  # a per-head additive bias with -inf blocks, broadca
 CASES = [nan_key, nan_query_row, nan_value_entry, inf_key, neg_inf_value, nan_in_padded_key,
          nan_in_hidden_key, nan_outside_window, overflowing_logits, overflow_to_minus_inf, overflow_one_pair,
          nan_and_inf_bias, nan_query_in_dead_row, peaked_float_bias, peaked_scores, alibi_long, empty_queries, empty_batch,
-         no_keys, head_dims, packed_segments, segments_and_padding, segments_cross, segments_unsorted,
+         no_keys, head_dims, decode_step, decode_step_window, packed_segments, segments_and_padding, segments_cross, segments_unsorted,
          segments_with_float_bias, segments_nan_in_other_document, general_mask_blocks, float_bias_blocks]
 
 

@@ -314,7 +314,7 @@ def attention(
     call = validate_call(q, k, v, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p,
                          window=window, alibi_slopes=alibi_slopes, return_weights=return_weights,
                          segment_ids=segment_ids)
-    kwargs: dict[str, Any] = dict(mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=call.window,
+    kwargs: dict[str, Any] = dict(mask=mask, causal=call.causal, scale=scale, dropout_p=dropout_p, window=call.window,
                   alibi_slopes=alibi_slopes, return_weights=return_weights)
     out, weights = _dispatch(call, backend, q, k, v, segment_ids, kwargs)
     return (out, weights) if return_weights else out

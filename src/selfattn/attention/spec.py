@@ -240,7 +240,9 @@ def validate_call(
     return AttentionCall(
         batch=b, q_heads=h, kv_heads=g, q_len=n, k_len=m, head_dim=d, v_dim=v.shape[3],
         dtype=q.dtype, device_type=q.device.type, mask_kind=mask_kind,
-        key_padding_only=key_padding_only, mask_requires_grad=mask_grad, causal=bool(causal),
+        key_padding_only=key_padding_only, mask_requires_grad=mask_grad,
+        # bottom-right aligned, one query may attend every key: a decoding step is not causal at all
+        causal=bool(causal) and not (n == 1 and window is None),
         window=window, alibi=alibi_slopes is not None,
         alibi_requires_grad=alibi_slopes is not None and torch.is_grad_enabled() and alibi_slopes.requires_grad,
         dropout_p=float(dropout_p),

@@ -29,6 +29,12 @@ from .search import _ban, _prepare, _Session
 EARLY_STOPPING = (True, False, "best")  # beam_search(early_stopping=...): see the module docstring
 
 
+def check_early_stopping(early_stopping: object) -> None:
+    """Raise ``ValueError`` unless ``early_stopping`` is one of :data:`EARLY_STOPPING`."""
+    if not (isinstance(early_stopping, bool) or early_stopping == "best"):
+        raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {early_stopping!r}")
+
+
 def length_penalty(length: int, alpha: float) -> float:
     """GNMT's lp(L) = ((5 + L) / 6)^alpha; alpha = 0 gives plain log-probabilities."""
     return ((5.0 + length) / 6.0) ** alpha
@@ -55,8 +61,7 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
         raise ValueError(f"need beam_size >= 1 and 1 <= num_return <= beam_size, got {beam_size}, {num_return}")
     if length_alpha < 0:
         raise ValueError(f"length_alpha must be >= 0, got {length_alpha}")
-    if not (isinstance(early_stopping, bool) or early_stopping == "best"):
-        raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {early_stopping!r}")
+    check_early_stopping(early_stopping)
     banned = [i for i in (pad_id, bos_id) if i is not None] if banned is None else list(banned)
     src_t, src_pad, prefix = _prepare(model, src, prompt, bos_id, pad_id)
     b = prefix.shape[0]

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..data.subword import BT_TAG, Subword
 from ..generation import beam_search, greedy, sample
+from ..generation.beam import check_early_stopping
 from ..training.run import load_run
 
 
@@ -44,8 +45,7 @@ class DecodeConfig:
         if self.sample and self.beam != 1:
             raise ValueError(f"sampling draws one output per sentence: use beam=1 with sample=True, "
                              f"got beam={self.beam}")
-        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "best"):
-            raise ValueError(f"early_stopping must be True, False or 'best', got {self.early_stopping!r}")
+        check_early_stopping(self.early_stopping)
         if self.alpha < 0 or self.max_len_a < 0 or self.max_len_b < 1 or self.batch_tokens < 1:
             raise ValueError("alpha, max_len_a must be >= 0 and max_len_b, batch_tokens >= 1, got "
                              f"{self.alpha}, {self.max_len_a}, {self.max_len_b}, {self.batch_tokens}")

@@ -185,6 +185,25 @@ def test_beam_batch_equals_each_input_alone(early_stopping):
     assert len(last) > 1, "the case must have inputs finishing at different steps"
 
 
+def test_beams_share_their_input_memory_instead_of_k_copies(monkeypatch):
+    """After the first step (one row per input) every decoding step passes the memory of the inputs still
+    decoding, one row each, with beams=k; the cross-attention caches hold one row per input too."""
+    model = _encdec(torch.float64, vocab=6, seed=1)
+    src, k, seen = [[5, 3, 4, 5, 4, 3], [3], [4, 4, 4], [5, 5, 3, 4]], 3, []
+    decode = model.decode
+
+    def spy(tgt, memory, memory_mask=None, *, cache=None, beams=1, **kw):
+        seen.append((tgt.shape[0], memory.shape[0], beams, cache.layers[0].cross_attn.length and
+                     cache.layers[0].cross_attn.k.shape[0]))
+        return decode(tgt, memory, memory_mask, cache=cache, beams=beams, **kw)
+
+    monkeypatch.setattr(model, "decode", spy)
+    beam_search(model, src=src, beam_size=k, max_new_tokens=9, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD)
+    assert seen[0] == (len(src), len(src), 1, 0)
+    assert all(rows == k * inputs and beams == k and cached == inputs for rows, inputs, beams, cached in seen[1:])
+    assert len({inputs for _, inputs, _, _ in seen}) > 1, "the case must have inputs leaving the batch"
+
+
 def test_greedy_batch_equals_each_input_alone():
     """Inputs that produced the stop token leave the batch; the others decode on unchanged."""
     model = _encdec(torch.float64, vocab=6, seed=0)

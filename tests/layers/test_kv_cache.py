@@ -117,3 +117,23 @@ def test_a_decoding_step_measures_only_the_new_rows(monkeypatch):
             if step > 0:
                 assert all(s[2] == 1 for s in seen), f"step {step} re-measured {seen}"
     assert self_cache.length == 12 and cross_cache.length == src_len
+
+
+def test_the_output_check_is_skipped_only_where_a_remembered_bound_proves_it_finite():
+    """torch backend: the sum over the output is skipped for a boolean/no mask when v's remembered bound is
+    below half its dtype's max (a convex combination of v's rows cannot overflow); never for an additive bias,
+    an unknown bound or values near the top of the range."""
+    from selfattn.attention.torch_backend import _surely_finite
+
+    v = torch.randn(8, 4, 64, 16)
+    assert not _surely_finite(v, None, None)  # nothing remembered
+    guards.remember_max_abs(v, guards.max_abs(v))
+    pad = torch.ones(8, 1, 1, 64, dtype=torch.bool)
+    assert _surely_finite(v, None, None) and _surely_finite(v, pad, None)
+    assert not _surely_finite(v, torch.zeros(8, 1, 1, 64), None)  # an additive bias can overflow the logits
+    assert not _surely_finite(v, None, torch.ones(4))  # ALiBi is an additive bias too
+    huge = torch.full((8, 4, 64, 16), torch.finfo(torch.float32).max * 0.75)
+    guards.remember_max_abs(huge, guards.max_abs(huge))
+    assert not _surely_finite(huge, None, None)
+    out = attention(torch.randn(8, 4, 1, 16), torch.randn(8, 4, 64, 16), huge, mask=pad, backend="torch")
+    torch.testing.assert_close(out, huge[:, :, :1], rtol=1e-6, atol=0)  # the mean of equal rows is that row

@@ -13,7 +13,8 @@ Calls with a NaN/inf in q, k or v, or a NaN/+inf in a floating mask, are handed 
 which follows the non-finite rule of :mod:`selfattn.attention.math_backend` (SDPA would let a NaN in
 a masked-out key reach every row), and so are calls whose logits may overflow float32 (D·max|q|·max|k|
 >= 2^127; SDPA turns such +inf rows into 0 in bf16) or whose output is not finite; finite calls pay
-one min/max pass over q and k and one sum over v and the output for those checks.
+one min/max pass over q and k and one sum over v and the output for those checks (v's and the output's are
+skipped where a remembered bound, a KV cache's, proves them finite).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .guards import all_finite, bias_is_finite, empty_result, is_empty, logits_may_overflow
+from .guards import all_finite, bias_is_finite, empty_result, is_empty, known_max_abs, logits_may_overflow, tracing
 from .math_backend import math_attention, score_bias_and_mask
 from .spec import AttentionCall
 
@@ -48,11 +49,22 @@ def torch_attention(
                               alibi_slopes=alibi_slopes)
     if not logits_may_overflow(q, k) and all_finite(v) and bias_is_finite(mask):
         out, dead = _sdpa(q, k, v, **kw)
-        if all_finite(out):  # checked before dead rows are zeroed: their opened-up softmax must be finite too
+        if _surely_finite(v, mask, alibi_slopes) or all_finite(out):  # checked before dead rows are zeroed:
+            # their opened-up softmax must be finite too
             return (out if dead is None else out.masked_fill(dead, 0.0)), None
         # finite inputs, non-finite output (a bias near float32's range): SDPA's backward would give 0
         # where the rule gives NaN, so the reference evaluates the call
     return math_attention(q, k, v, **kw)[0], None
+
+
+def _surely_finite(v: Tensor, mask: Tensor | None, alibi_slopes: Tensor | None) -> bool:
+    """Whether the output of a guarded call (finite q, k, v, logits below 2^127) is finite without looking:
+    with no additive bias (float mask, ALiBi) the softmax is finite and every output is a convex combination
+    of rows of v, so it stays finite when v's remembered bound (a KV cache's) is below half its dtype's max."""
+    if alibi_slopes is not None or (mask is not None and mask.dtype != torch.bool):
+        return False
+    bound = known_max_abs(v)
+    return bound is not None and bound < torch.finfo(v.dtype).max / 2
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, causal: bool, scale: float | None,
@@ -89,15 +101,20 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, causal: bool,
         if allowed is None:  # score_bias_and_mask returns a mask when it returns no bias here
             raise ValueError("attention needs a bias or a mask on this path")
         dead = ~allowed.any(dim=-1, keepdim=True)  # (.., n, 1)
+        if not tracing() and not bool(dead.any()):  # eager: no row to open up or zero (a key-padding mask
+            return F.scaled_dot_product_attention(  # with a real token in every row, say)
+                q, k, v, attn_mask=_as_4d(allowed), dropout_p=dropout_p, scale=scale, enable_gqa=gqa
+            ), None
         attn_mask = allowed | dead
-    while attn_mask.dim() < 4:
-        attn_mask = attn_mask.unsqueeze(0)
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa
+        q, k, v, attn_mask=_as_4d(attn_mask), dropout_p=dropout_p, scale=scale, enable_gqa=gqa
     )  # (b, h, n, e)
-    while dead.dim() < 4:
-        dead = dead.unsqueeze(0)
-    return out, dead
+    return out, _as_4d(dead)
+
+
+def _as_4d(t: Tensor) -> Tensor:
+    """A mask broadcastable to (b, h, n, m) with its leading singleton axes spelled out, as SDPA wants."""
+    return t[(None,) * (4 - t.dim())] if t.dim() < 4 else t
 
 
 def torch_supports(call: AttentionCall) -> str | None:

@@ -55,7 +55,8 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
     """The ``num_return`` best hypotheses (best first) for each input. LM prompts must share one length.
 
     Inputs that are done leave the batch (their rows are no longer computed); the beams of the others are
-    reordered within their own input, so the encoder memory and cross-attention keys/values stay in place."""
+    reordered within their own input. The encoder memory and cross-attention keys/values are held once per
+    input and shared by its k beams (the decoder's ``beams=k``), never copied k times."""
     k = beam_size
     if k < 1 or not 1 <= num_return <= k:
         raise ValueError(f"need beam_size >= 1 and 1 <= num_return <= beam_size, got {beam_size}, {num_return}")
@@ -80,10 +81,11 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
         if not beams.active:
             break
         rows_t = torch.tensor(rows, dtype=torch.long, device=session.tokens.device)
-        if step == 0:  # expand: every beam gets a copy of its input's row (memory and caches included)
-            session.reorder(rows_t // k)
+        sources = rows_t[::k] // k if beams.shrank else None  # (a',) the inputs still decoding, if some left
+        if step == 0:  # expand: every beam gets a copy of its input's row and self-attention caches
+            session.reorder(rows_t // k, sources, beams=k)
         else:
-            session.reorder(rows_t, same_source=not beams.shrank)
+            session.reorder(rows_t, sources)
         session.append(torch.tensor(tokens, dtype=torch.long, device=session.tokens.device))
     return beams.results(num_return)
 

@@ -34,6 +34,7 @@ class _Session:
         self.cache = model.new_cache() if use_cache else None
         self.tokens = prefix  # (b, t) everything fed so far
         self.pending = prefix  # tokens not yet fed through the cache
+        self.beams = 1  # rows per source: memory, its mask and the cross caches hold b / beams rows
         cfg = getattr(model, "cfg", None)
         # a learned position table ends at max_len: past it, crop the context to the last max_len tokens and
         # recompute without the cache (nanoGPT's sliding context); other encodings extend to any length
@@ -41,7 +42,7 @@ class _Session:
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.encdec:
-            return self.model.decode(x, self.memory, self.mask, cache=self.cache)[0]
+            return self.model.decode(x, self.memory, self.mask, cache=self.cache, beams=self.beams)[0]
         return self.model(x, cache=self.cache)
 
     def logits(self) -> Tensor:
@@ -59,16 +60,18 @@ class _Session:
         self.tokens = torch.cat([self.tokens, new[:, None]], dim=1)  # (b, t+1)
         self.pending = new[:, None]  # (b, 1)
 
-    def reorder(self, index: Tensor, *, same_source: bool = False) -> None:
-        """Keep rows ``index``. ``same_source``: each row keeps a row of the same input (beams of one input),
-        so the encoder memory, its mask and the cross-attention keys/values, equal across those rows, stay."""
+    def reorder(self, index: Tensor, sources: Tensor | None, *, beams: int | None = None) -> None:
+        """Keep rows ``index`` of the outputs (tokens, self-attention caches) and rows ``sources`` of what is
+        held once per source (encoder memory, its mask, cross-attention keys/values); ``sources=None`` keeps
+        those as they are. ``beams``: rows per source from now on (beam search after its first step)."""
         self.tokens = self.tokens.index_select(0, index)
         self.pending = self.pending.index_select(0, index)
-        if self.encdec and not same_source:
-            self.memory = self.memory.index_select(0, index)
-            self.mask = self.mask.index_select(0, index) if self.mask is not None else None
+        if self.encdec and sources is not None:
+            self.memory = self.memory.index_select(0, sources)
+            self.mask = self.mask.index_select(0, sources) if self.mask is not None else None
         if self.cache is not None:
-            self.cache.reorder(index, cross=not same_source)
+            self.cache.reorder(index, cross=False if sources is None else sources)
+        self.beams = self.beams if beams is None else beams
 
 
 def _prepare(model, src, prompt, bos_id, pad_id):
@@ -146,7 +149,7 @@ def _decode_loop(model, src, prompt, *, max_new_tokens, bos_id, stop_tokens, pad
             break
         if len(keep) < len(active):
             rows = torch.tensor(keep, dtype=torch.long, device=new.device)
-            session.reorder(rows)
+            session.reorder(rows, rows)
             new, active = new.index_select(0, rows), [active[j] for j in keep]
         session.append(new)
     return outputs

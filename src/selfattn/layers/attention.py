@@ -3,6 +3,10 @@
 Legend: b batch, n queries, m keys, h query heads, g kv heads, d head dim, c model dim (h * d).
 Mask convention: boolean True = may attend; ``causal`` is bottom-right aligned (query i may
 attend key j when j <= i + m - n), so cached decoding is an ordinary call with n=1.
+Cross-attention with ``beams`` = r > 1: x holds r consecutive rows per context row (the hypotheses of one
+input in beam search), b = r * bc; their queries are folded into one problem per context row, (bc, h, r*n, d),
+so the context's keys and values are projected, cached and read once per input instead of r times — exact,
+since every query attends independently.
 """
 
 from __future__ import annotations
@@ -89,19 +93,24 @@ class MultiHeadAttention(nn.Module):
         return k, v
 
     def _check_inputs(self, x: Tensor, context: Tensor | None, cache: KVCache | None,
-                      segment_ids: tuple[Tensor, Tensor] | None) -> None:
+                      segment_ids: tuple[Tensor, Tensor] | None, beams: int) -> None:
         """Shapes of forward's x, context and cache, as one-line ValueErrors."""
         c_in = self.q_proj.in_features
         if x.dim() != 3 or x.shape[-1] != c_in:
             raise ValueError(f"x must be (batch, length, d_model={c_in}), got shape {tuple(x.shape)}")
-        if context is not None and (context.dim() != 3 or context.shape[0] != x.shape[0]
+        if not (isinstance(beams, int) and beams >= 1 and x.shape[0] % beams == 0) or (beams > 1 and (
+                context is None or segment_ids is not None)):
+            raise ValueError(f"beams must be a positive int dividing the batch ({x.shape[0]}), for cross-attention "
+                             f"without segment_ids; got beams={beams!r}")
+        b = x.shape[0] // beams if context is not None else x.shape[0]  # rows of the context and of the cache
+        if context is not None and (context.dim() != 3 or context.shape[0] != b
                                     or context.shape[-1] != self.k_proj.in_features):
-            raise ValueError(f"context must be (batch={x.shape[0]}, length, {self.k_proj.in_features}), "
+            raise ValueError(f"context must be (batch={b}, length, {self.k_proj.in_features}), "
                              f"got shape {tuple(context.shape)}")
-        b = x.shape[0]
         if cache is not None and cache.k is not None and cache.k.shape[0] != b:
-            raise ValueError(f"the KV cache holds batch size {cache.k.shape[0]}, got input of batch size {b} "
-                             "(use a new cache, or cache.reorder for beam search)")
+            per = f" with beams={beams} (one cache row per {beams})" if beams > 1 else ""
+            raise ValueError(f"the KV cache holds batch size {cache.k.shape[0]}, got input of batch size "
+                             f"{x.shape[0]}{per} (use a new cache, or cache.reorder for beam search)")
         if segment_ids is not None and (cache is not None or self.kernel == "linear"):
             raise ValueError("segment_ids (packed rows) need softmax attention without a KV cache, got "
                              f"kernel={self.kernel!r}, cache={'set' if cache is not None else None}")
@@ -109,7 +118,7 @@ class MultiHeadAttention(nn.Module):
     def forward(
         self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
         causal: bool = False, score_bias: Tensor | None = None, cache: KVCache | None = None,
-        need_weights: bool = False, segment_ids: tuple[Tensor, Tensor] | None = None,
+        need_weights: bool = False, segment_ids: tuple[Tensor, Tensor] | None = None, beams: int = 1,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from x (b, n, c) to itself, or to ``context`` (b, m, kv_dim) for cross-attention.
 
@@ -118,12 +127,16 @@ class MultiHeadAttention(nn.Module):
         positions), broadcastable to (b, h, n, m) — not the projections' ``bias`` flag of ``__init__``.
         segment_ids: packed rows, (query ids (b, n), key ids (b, m)): query i may attend key j only when the
         ids are equal (AND-ed with mask and causal; the backends take them directly, no (n, m) mask); RoPE
-        positions restart in every segment. Returns (out (b, n, c), weights (b, h, n, m) or None).
+        positions restart in every segment. beams: cross-attention only, r consecutive rows of x per context row
+        (context, mask and cache hold b / r rows; see the module docstring).
+        Returns (out (b, n, c), weights (b, h, n, m) or None).
         """
         is_self = context is None  # decided once: cross-attention (to `context`) has no causal, window or ALiBi
-        self._check_inputs(x, context, cache, segment_ids)
+        self._check_inputs(x, context, cache, segment_ids, beams)
         b, n, c = x.shape
         q = self._split(self.q_proj(x), self.num_heads)  # (b, h, n, d)
+        if beams > 1:
+            q, mask = _fold_beams(q, mask, beams)  # (b / r, h, r*n, d): the queries of one context row
         if context is not None:  # (not is_self, spelled so for the type checker) keys/values from the source, once
             if cache is not None and cache.k is not None:
                 if cache.v is None:  # k and v are always set together
@@ -164,5 +177,23 @@ class MultiHeadAttention(nn.Module):
             backend=self.backend, return_weights=need_weights, segment_ids=segment_ids,
         )
         out, weights = result if need_weights else (result, None)
+        if beams > 1:
+            out, weights = _unfold_beams(out, beams), (None if weights is None else _unfold_beams(weights, beams))
         out = out.transpose(1, 2).reshape(b, n, c)  # (b, n, c)
         return self.out_proj(out), weights
+
+
+def _fold_beams(q: Tensor, mask: Tensor | None, r: int) -> tuple[Tensor, Tensor | None]:
+    """q (bc*r, h, n, d) -> (bc, h, r*n, d), r rows' queries side by side; a mask (bc|1, h|1, n|1, m) with a
+    query axis is repeated along it to match."""
+    b, h, n, d = q.shape
+    q = q.view(b // r, r, h, n, d).transpose(1, 2).reshape(b // r, h, r * n, d)  # (bc, h, r*n, d)
+    if mask is not None and mask.dim() >= 2 and mask.shape[-2] > 1:
+        mask = mask[(None,) * (4 - mask.dim())].repeat(1, 1, r, 1)  # (bc|1, h|1, r*n, m), rows in q's order
+    return q, mask
+
+
+def _unfold_beams(t: Tensor, r: int) -> Tensor:
+    """(bc, h, r*n, e) -> (bc*r, h, n, e): the inverse of :func:`_fold_beams` for outputs and weights."""
+    bc, h, rn, e = t.shape
+    return t.view(bc, h, r, rn // r, e).transpose(1, 2).reshape(bc * r, h, rn // r, e)  # (b, h, n, e)

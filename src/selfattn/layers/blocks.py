@@ -112,9 +112,10 @@ class DecoderLayer(nn.Module):
         self, x: Tensor, memory: Tensor | None = None, *, self_mask: Tensor | None = None,
         memory_mask: Tensor | None = None, score_bias: Tensor | None = None,
         cache: DecoderLayerCache | None = None, need_weights: bool = False,
-        segment_ids: tuple[Tensor, Tensor] | None = None,
+        segment_ids: tuple[Tensor, Tensor] | None = None, beams: int = 1,
     ) -> tuple[Tensor, tuple[Tensor | None, Tensor | None]]:
         """x (b, n, c) targets; memory (b, m, c) encoder output. Self-attention is causal.
+        beams: r consecutive target rows per memory row (memory, its mask and the cross cache hold b / r rows).
 
         segment_ids: packed rows, (target ids (b, n), memory ids (b, m)); self-attention stays inside a target
         segment, cross-attention goes to the source segment with the same id.
@@ -134,7 +135,7 @@ class DecoderLayer(nn.Module):
                 raise ValueError("a decoder layer with cross-attention needs its residual sublayer")
             x, w_cross = self.sub_cross(x, lambda h: cross_attn(
                 h, memory if memory is not None else h, mask=memory_mask, need_weights=need_weights,
-                cache=cache.cross_attn if cache is not None else None, segment_ids=segment_ids,
+                cache=cache.cross_attn if cache is not None else None, segment_ids=segment_ids, beams=beams,
             ))
         x, _ = self.sub_ff(x, self.ff)
         return x, (w_self, w_cross)

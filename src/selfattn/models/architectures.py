@@ -82,12 +82,14 @@ class Transformer(_Base):
 
     def decode(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor | None = None, *,
                tgt_padding: Tensor | None = None, cache: DecoderCache | None = None,
-               need_weights: bool = False, segment_ids: tuple[Tensor, Tensor] | None = None,
+               need_weights: bool = False, segment_ids: tuple[Tensor, Tensor] | None = None, beams: int = 1,
                ) -> tuple[Tensor, list[tuple[Tensor | None, Tensor | None]]]:
         """tgt (b, n) -> logits (b, n, V) and per-layer (self, cross) weights.
 
         With ``cache`` pass only the new target positions; keys/values of earlier ones are reused.
         segment_ids: packed rows, (target ids (b, n), source ids (b, m)) — no cache then.
+        beams: r consecutive target rows per source (beam search's hypotheses): memory and memory_mask hold
+        b / r rows, and the cross-attention keys/values are computed and cached once per source.
         """
         offset = cache.offset if cache is not None else 0
         if segment_ids is not None:
@@ -96,7 +98,7 @@ class Transformer(_Base):
         self_mask = key_mask(_padding(tgt, tgt_padding, self.cfg.pad_id)) if cache is None else None
         x = self.tgt_embed(tgt, offset=offset, segment_ids=segment_ids[0] if segment_ids is not None else None)
         x, weights = self.decoder(x, memory, self_mask=self_mask, memory_mask=memory_mask,
-                                  cache=cache, need_weights=need_weights, segment_ids=segment_ids)
+                                  cache=cache, need_weights=need_weights, segment_ids=segment_ids, beams=beams)
         logits: Tensor = self.output(x)  # (b, n, V)
         return logits, weights
 

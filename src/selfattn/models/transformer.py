@@ -135,13 +135,14 @@ class DecoderCache:
     layers: list[DecoderLayerCache]
     offset: int = 0
 
-    def reorder(self, index: Tensor, *, cross: bool = True) -> None:
-        """Keep batch rows ``index`` (beam search). ``cross=False`` leaves the cross-attention keys/values
-        as they are: right when every row keeps a row of the same source (beams of one input share them)."""
+    def reorder(self, index: Tensor, *, cross: bool | Tensor = True) -> None:
+        """Keep batch rows ``index`` (beam search). ``cross``: which rows the cross-attention keys/values keep —
+        True: ``index`` too; False: all, as they are (every row keeps a row of the same source); a tensor: those
+        rows (decoding with ``beams``, where the cross cache holds one row per source)."""
         for c in self.layers:
             c.self_attn.reorder(index)
-            if cross:
-                c.cross_attn.reorder(index)
+            if cross is not False:
+                c.cross_attn.reorder(index if cross is True else cross)
 
 
 class Decoder(nn.Module):
@@ -162,9 +163,10 @@ class Decoder(nn.Module):
     def forward(
         self, x: Tensor, memory: Tensor | None = None, *, self_mask: Tensor | None = None,
         memory_mask: Tensor | None = None, cache: DecoderCache | None = None, need_weights: bool = False,
-        segment_ids: tuple[Tensor, Tensor] | None = None,
+        segment_ids: tuple[Tensor, Tensor] | None = None, beams: int = 1,
     ) -> tuple[Tensor, list[tuple[Tensor | None, Tensor | None]]]:
         """x (b, n, c) embedded targets; memory (b, m, c). With ``cache``, x holds only new positions.
+        beams: r consecutive target rows per memory row (beam search); memory and its mask hold b / r rows.
 
         segment_ids: packed rows, (target ids (b, n), memory ids (b, m)); for a decoder without
         cross-attention the second is ignored (pass the target ids twice)."""
@@ -175,7 +177,7 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             x, w = layer(x, memory, self_mask=self_mask, memory_mask=memory_mask, score_bias=score_bias,
                          cache=cache.layers[i] if cache is not None else None, need_weights=need_weights,
-                         segment_ids=segment_ids)
+                         segment_ids=segment_ids, beams=beams)
             weights.append(w)
         if cache is not None:
             cache.offset += n

@@ -11,6 +11,7 @@ import torch
 
 import selfattn
 from selfattn.generation import beam_search, filter_logits, greedy, length_penalty, sample
+from selfattn.generation.beam import TOP_BLOCK, top_w
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -183,6 +184,35 @@ def test_beam_batch_equals_each_input_alone(early_stopping):
             assert math.isclose(h.logprob, g.logprob, rel_tol=1e-9, abs_tol=1e-12)
     last = {max(len(h.tokens) for h in x) for x in batched}  # the step each input left the batch
     assert len(last) > 1, "the case must have inputs finishing at different steps"
+
+
+def _rows(kind: str, v: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(v)
+    x = torch.randn(6, v, generator=gen, dtype=torch.float64).log_softmax(-1)
+    if kind == "ties":  # few distinct values: many equal candidates across blocks
+        x = (x * 2).round()
+    elif kind == "one block":  # the w largest all in one block
+        x[:, 3 * TOP_BLOCK : 3 * TOP_BLOCK + 20] += 50
+    elif kind == "tail":  # the largest in the last, partial block
+        x[:, -3:] += 50
+    elif kind == "-inf":  # banned columns and a row with only two finite values
+        x[:, ::7] = float("-inf")
+        x[2, 2:] = float("-inf")
+    elif kind == "nan":  # NaN counts as the largest value, as in topk
+        x[1, 5] = x[4, v - 1] = x[4, 70] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "one block", "tail", "-inf", "nan"])
+@pytest.mark.parametrize("v,w", [(8000, 8), (8003, 8), (64 * 40, 10), (100, 4), (3000, 2)])
+def test_top_w_gives_the_values_of_topk(kind, v, w):
+    """Blocked top-w equals torch.topk's values (sorted, NaN first, ties included) and its columns hold them."""
+    x = _rows(kind, v)
+    want, _ = x.topk(w, dim=-1)
+    got, cols = top_w(x, w)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(x.gather(1, cols), got, rtol=0, atol=0, equal_nan=True)
+    assert all(len(set(r)) == w for r in cols.tolist())  # w distinct columns
 
 
 def test_beams_share_their_input_memory_instead_of_k_copies(monkeypatch):

@@ -55,18 +55,7 @@ class BatchedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, allowed: Tensor | None,
                 dead: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
-        stat = torch.float64 if q.dtype == torch.float64 else torch.float32
-        # scores in float32 from the (exact) float32 products of bf16/fp16 inputs, as the C kernel's dot products:
-        # a bf16-rounded q·kᵀ would cost ~1e-2 relative error in the softmax (the issue's "peaked scores")
-        s = torch.matmul(q.to(stat), k.to(stat).transpose(-2, -1)).mul_(scale)  # (b, h, n, m)
-        if bias is not None:
-            s = s.add_(bias.to(stat))
-        if allowed is not None:
-            s = s.masked_fill_(~allowed, float("-inf"))
-        p = torch.softmax(s, dim=-1)  # (b, h, n, m); a dead row is NaN here ...
-        if dead is not None:
-            p = p.masked_fill_(dead, 0.0)  # ... and 0 from here on
-        out = torch.matmul(p.to(v.dtype), v)  # (b, h, n, e)
+        out, p = _forward(q, k, v, bias, allowed, dead, scale)
         ctx.save_for_backward(q, k, v, p)
         ctx.scale = scale
         return out, p
@@ -83,6 +72,23 @@ class BatchedAttention(torch.autograd.Function):
         dq = torch.matmul(ds, k)  # (b, h, n, d)
         dk = torch.matmul(ds.transpose(-2, -1), q)  # (b, h, m, d)
         return dq, dk, dv, None, None, None, None
+
+
+def _forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, allowed: Tensor | None, dead: Tensor | None,
+             scale: float) -> tuple[Tensor, Tensor]:
+    """The forward of :class:`BatchedAttention`: (out (b, h, n, e), float32 weights p (b, h, n, m))."""
+    stat = torch.float64 if q.dtype == torch.float64 else torch.float32
+    # scores in float32 from the (exact) float32 products of bf16/fp16 inputs, as the C kernel's dot products:
+    # a bf16-rounded q·kᵀ would cost ~1e-2 relative error in the softmax (the issue's "peaked scores")
+    s = torch.matmul(q.to(stat), k.to(stat).transpose(-2, -1)).mul_(scale)  # (b, h, n, m)
+    if bias is not None:
+        s = s.add_(bias.to(stat))
+    if allowed is not None:
+        s = s.masked_fill_(~allowed, float("-inf"))
+    p = torch.softmax(s, dim=-1)  # (b, h, n, m); a dead row is NaN here ...
+    if dead is not None:
+        p = p.masked_fill_(dead, 0.0)  # ... and 0 from here on
+    return torch.matmul(p.to(v.dtype), v), p  # (b, h, n, e)
 
 
 def _dead_rows(bias: Tensor | None, allowed: Tensor | None) -> Tensor | None:
@@ -125,7 +131,10 @@ def batched_attention(
     if groups > 1:  # each kv head serves `groups` query heads; the gradient sums back through the expand
         kc = kc[:, :, None].expand(b, k.shape[1], groups, m, d).reshape(b, h, m, d)  # (b, h, m, d)
         vc = vc[:, :, None].expand(b, k.shape[1], groups, m, v.shape[-1]).reshape(b, h, m, v.shape[-1])
-    out, p = BatchedAttention.apply(qc, kc, vc, bias, allowed, dead, scale)  # type: ignore[no-untyped-call]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (qc, kc, vc)):
+        out, p = BatchedAttention.apply(qc, kc, vc, bias, allowed, dead, scale)  # type: ignore[no-untyped-call]
+    else:  # no gradient (decoding): the same forward without autograd's bookkeeping (~60 us a call)
+        out, p = _forward(qc, kc, vc, bias, allowed, dead, scale)
     return out.to(q.dtype), (p.to(q.dtype) if return_weights else None)
 
 

@@ -55,3 +55,19 @@ def test_int8_quantizes_every_linear_and_stays_close():
 def test_for_inference_rejects_other_modules():
     with pytest.raises(ValueError, match="expected an encoder–decoder or decoder-only"):
         for_inference(nn.Linear(2, 2))
+
+
+def test_compiled_beam_search_keeps_its_graphs_across_batches():
+    """Decoding batches of other sizes and lengths with a compiled step reuses the graphs of the first batch
+    (dynamic sizes; the memory copied per beam, see ``InferenceModel.shares_memory_across_beams``)."""
+    from torch._dynamo.utils import counters
+
+    fast = for_inference(_model(), compile=True, compile_backend="aot_eager")
+    assert fast.shares_memory_across_beams is False
+    torch._dynamo.reset()
+    counters.clear()
+    for n, src in enumerate([SRC, SRC[:2], [[5, 6, 7, 8], [9, 9, 9], [3, 4], [6]], [[7] * 9] * 5]):
+        beam_search(fast, **{**KW, "src": src}, beam_size=3)
+        if n == 0:
+            first = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == first

@@ -82,7 +82,8 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
 
     Inputs that are done leave the batch (their rows are no longer computed); the beams of the others are
     reordered within their own input. The encoder memory and cross-attention keys/values are held once per
-    input and shared by its k beams (the decoder's ``beams=k``), never copied k times."""
+    input and shared by its k beams (the decoder's ``beams=k``), never copied k times — except for a model
+    whose ``shares_memory_across_beams`` is False (a compiled step)."""
     k = beam_size
     if k < 1 or not 1 <= num_return <= k:
         raise ValueError(f"need beam_size >= 1 and 1 <= num_return <= beam_size, got {beam_size}, {num_return}")
@@ -94,6 +95,9 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
     b = prefix.shape[0]
     # the first step runs one row per input (its k beams are equal until then), as CTranslate2 does on the CPU
     session = _Session(model, src_t, prefix, use_cache, src_pad)
+    # a compiled step (generation.fast) keeps one graph for all batches with the memory copied per beam:
+    # the folded shapes (b = k * inputs) would specialise its graph
+    share = getattr(model, "shares_memory_across_beams", True)
     need = num_return if early_stopping == "best" else k  # finished hypotheses the stopping rule looks at
     beams = _Beams(b, k, set(stop_tokens), length_alpha, early_stopping is True, need, max_new_tokens)
     for step in range(max_new_tokens):
@@ -107,9 +111,12 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
         if not beams.active:
             break
         rows_t = torch.tensor(rows, dtype=torch.long, device=session.tokens.device)
-        sources = rows_t[::k] // k if beams.shrank else None  # (a',) the inputs still decoding, if some left
+        if share:  # memory rows: (a',) the inputs still decoding, where some left
+            sources = rows_t[::k] // k if beams.shrank else None
+        else:  # memory rows: one per beam (k copies), as the rows
+            sources = rows_t // k if step == 0 else (rows_t if beams.shrank else None)
         if step == 0:  # expand: every beam gets a copy of its input's row and self-attention caches
-            session.reorder(rows_t // k, sources, beams=k)
+            session.reorder(rows_t // k, sources, beams=k if share else 1)
         else:
             session.reorder(rows_t, sources)
         session.append(torch.tensor(tokens, dtype=torch.long, device=session.tokens.device))

@@ -135,8 +135,6 @@ class MultiHeadAttention(nn.Module):
         self._check_inputs(x, context, cache, segment_ids, beams)
         b, n, c = x.shape
         q = self._split(self.q_proj(x), self.num_heads)  # (b, h, n, d)
-        if beams > 1:
-            q, mask = _fold_beams(q, mask, beams)  # (b / r, h, r*n, d): the queries of one context row
         if context is not None:  # (not is_self, spelled so for the type checker) keys/values from the source, once
             if cache is not None and cache.k is not None:
                 if cache.v is None:  # k and v are always set together
@@ -146,6 +144,8 @@ class MultiHeadAttention(nn.Module):
                 k, v = self.project_kv(context)  # (b, g, m, d) each
                 if cache is not None:
                     k, v = cache.fill(k, v)
+            if beams > 1:  # (b / r, h, r*n, d): the queries of one context row; sized by k (a traced graph then
+                q, mask = _fold_beams(q, mask, k.shape[0])  # sees one batch symbol for q, k and the mask)
         else:
             offset = cache.length if cache is not None else 0
             k = self._split(self.k_proj(x), self.num_kv_heads)  # (b, g, n, d)
@@ -183,11 +183,12 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(out), weights
 
 
-def _fold_beams(q: Tensor, mask: Tensor | None, r: int) -> tuple[Tensor, Tensor | None]:
+def _fold_beams(q: Tensor, mask: Tensor | None, bc: int) -> tuple[Tensor, Tensor | None]:
     """q (bc*r, h, n, d) -> (bc, h, r*n, d), r rows' queries side by side; a mask (bc|1, h|1, n|1, m) with a
     query axis is repeated along it to match."""
     b, h, n, d = q.shape
-    q = q.view(b // r, r, h, n, d).transpose(1, 2).reshape(b // r, h, r * n, d)  # (bc, h, r*n, d)
+    r = b // bc
+    q = q.view(bc, r, h, n, d).transpose(1, 2).reshape(bc, h, r * n, d)  # (bc, h, r*n, d)
     if mask is not None and mask.dim() >= 2 and mask.shape[-2] > 1:
         mask = mask[(None,) * (4 - mask.dim())].repeat(1, 1, r, 1)  # (bc|1, h|1, r*n, m), rows in q's order
     return q, mask

@@ -48,6 +48,27 @@ def test_beams_equal_the_context_repeated(mask_kind, num_kv_heads, r, n):
     torch.testing.assert_close(w_got, w_want, **TOL)
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_beams_fold_a_score_bias_as_a_mask(n):
+    """An additive score bias (with or without a boolean mask) is folded like the mask: same as repeated."""
+    bc, r, m = 2, 3, 5
+    mha = _mha()
+    x = torch.randn(bc * r, n, 16, dtype=torch.float64)
+    ctx = torch.randn(bc, m, 16, dtype=torch.float64)
+    bias = torch.randn(bc, 4, n, m, dtype=torch.float64)
+    mask = torch.rand(bc, 1, n, m, generator=torch.Generator().manual_seed(1)) < 0.8
+    for kw in (dict(score_bias=bias), dict(score_bias=bias, mask=mask)):
+        rep = {key: t.repeat_interleave(r, 0) for key, t in kw.items()}
+        want, _ = mha(x, ctx.repeat_interleave(r, 0), **rep)
+        got, _ = mha(x, ctx, beams=r, **kw)
+        torch.testing.assert_close(got, want, **TOL)
+
+
+def test_beams_on_an_empty_batch_give_an_empty_output():
+    out, _ = _mha()(torch.randn(0, 1, 16, dtype=torch.float64), torch.randn(0, 5, 16, dtype=torch.float64), beams=3)
+    assert out.shape == (0, 1, 16)
+
+
 def test_beams_with_a_cache_hold_one_row_per_context_row():
     bc, r, m = 2, 4, 6
     mha = _mha(2)
@@ -67,6 +88,9 @@ def test_beams_with_a_cache_hold_one_row_per_context_row():
     (dict(beams=0), "beams must be a positive int"),
     (dict(beams=2, self_attention=True), "for cross-attention"),
     (dict(beams=2, ctx_rows=4), r"context must be \(batch=2"),
+    (dict(beams=2, score_bias=torch.randn(1, 1, 2, 5)), r"must broadcast to \(B / beams, Hq, Nq, Nk\) = \(2, 4, 1, 5\)"),
+    (dict(beams=2, mask=torch.ones(1, 2, 1, 1, 5, dtype=torch.bool)), "one row per context row"),
+    (dict(beams=2, mask=torch.ones(4, 1, 1, 5, dtype=torch.bool)), r"got shape \(4, 1, 1, 5\)"),  # per beam
 ])
 def test_bad_beams_raise_one_line(kwargs, message):
     mha = _mha()

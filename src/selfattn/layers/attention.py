@@ -144,8 +144,6 @@ class MultiHeadAttention(nn.Module):
                 k, v = self.project_kv(context)  # (b, g, m, d) each
                 if cache is not None:
                     k, v = cache.fill(k, v)
-            if beams > 1:  # (b / r, h, r*n, d): the queries of one context row; sized by k (a traced graph then
-                q, mask = _fold_beams(q, mask, k.shape[0])  # sees one batch symbol for q, k and the mask)
         else:
             offset = cache.length if cache is not None else 0
             k = self._split(self.k_proj(x), self.num_kv_heads)  # (b, g, n, d)
@@ -159,6 +157,8 @@ class MultiHeadAttention(nn.Module):
             if mask is not None:  # fold a boolean mask into the additive bias
                 score_bias = score_bias.masked_fill(~mask, float("-inf"))
             mask = score_bias
+        if beams > 1:  # cross-attention (checked): (b / r, h, r*n, d), the queries of one context row together
+            q, mask = _fold_beams(q, mask, beams, k.shape[2])
         if self.observer is not None:  # selfattn.inspect: sees q, k and every mask attention() sees
             self.observer(self, q, k, mask=mask, causal=causal and is_self,
                           window=self.window if is_self else None,
@@ -183,12 +183,16 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(out), weights
 
 
-def _fold_beams(q: Tensor, mask: Tensor | None, bc: int) -> tuple[Tensor, Tensor | None]:
-    """q (bc*r, h, n, d) -> (bc, h, r*n, d), r rows' queries side by side; a mask (bc|1, h|1, n|1, m) with a
-    query axis is repeated along it to match."""
+def _fold_beams(q: Tensor, mask: Tensor | None, r: int, m: int) -> tuple[Tensor, Tensor | None]:
+    """q (bc*r, h, n, d) -> (bc, h, r*n, d), r rows' queries side by side; a mask (or additive bias) that must
+    broadcast to (bc, h, n, m) — one row per context row — and has a query axis is repeated along it to match."""
     b, h, n, d = q.shape
-    r = b // bc
+    bc = b // r
     q = q.view(bc, r, h, n, d).transpose(1, 2).reshape(bc, h, r * n, d)  # (bc, h, r*n, d)
+    if mask is not None and not (mask.dim() <= 4 and all(
+            s == 1 or s == t for s, t in zip(reversed(mask.shape), reversed((bc, h, n, m))))):
+        raise ValueError(f"with beams={r} a mask or score bias must broadcast to (B / beams, Hq, Nq, Nk) = "
+                         f"{(bc, h, n, m)}, one row per context row; got shape {tuple(mask.shape)}")
     if mask is not None and mask.dim() >= 2 and mask.shape[-2] > 1:
         mask = mask[(None,) * (4 - mask.dim())].repeat(1, 1, r, 1)  # (bc|1, h|1, r*n, m), rows in q's order
     return q, mask

@@ -169,6 +169,23 @@ def test_beam_cached_equals_uncached():
     assert [[h.tokens for h in x] for x in a] == [[h.tokens for h in x] for x in b]
 
 
+@pytest.mark.parametrize("kind", ["encdec", "lm"])
+def test_a_generated_pad_id_is_a_token_with_and_without_the_cache(kind):
+    """With pad not banned it may be generated; the uncached reference must not mask it as padding."""
+    model = _encdec(torch.float64, vocab=6, seed=3) if kind == "encdec" else _lm(torch.float64, seed=3)
+    with torch.no_grad():  # make the pad id a likely output (its row a scaled copy of the final norm's direction)
+        model.output.weight[PAD] = 3 * model.output.weight.abs().max() * torch.sign(model.output.weight[4])
+    inputs = dict(src=[[5, 3, 4], [4, 4]]) if kind == "encdec" else dict(prompt=[[5, 3, 4], [4, 7, 9]])
+    kw = dict(**inputs, beam_size=3, num_return=3, max_new_tokens=6, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD,
+              banned=[BOS])
+    a, b = beam_search(model, **kw), beam_search(model, use_cache=False, **kw)
+    assert any(PAD in h.tokens for x in a for h in x), "the case must generate the pad id"
+    assert [[h.tokens for h in x] for x in a] == [[h.tokens for h in x] for x in b]
+    for x, y in zip(a, b):
+        for h, g in zip(x, y):
+            assert math.isclose(h.logprob, g.logprob, rel_tol=1e-9, abs_tol=1e-12)
+
+
 @pytest.mark.parametrize("early_stopping", [True, False, "best"])
 def test_beam_batch_equals_each_input_alone(early_stopping):
     """Inputs that finish early leave the batch; the others' beams, logprobs and n-best lists are unchanged."""

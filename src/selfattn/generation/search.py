@@ -41,9 +41,13 @@ class _Session:
         self.window = cfg.max_len if cfg is not None and cfg.positional == "learned" else None
 
     def _forward(self, x: Tensor) -> Tensor:
+        # without the cache x is the whole output so far, which has no padding: a generated pad id (when not
+        # banned) is a token here, as it is for the cache — the model would otherwise mask it as padding
+        real = None if self.cache is not None else torch.ones_like(x, dtype=torch.bool)  # (b, t)
         if self.encdec:
-            return self.model.decode(x, self.memory, self.mask, cache=self.cache, beams=self.beams)[0]
-        return self.model(x, cache=self.cache)
+            return self.model.decode(x, self.memory, self.mask, cache=self.cache, beams=self.beams,
+                                     tgt_padding=real)[0]
+        return self.model(x, real, cache=self.cache)
 
     def logits(self) -> Tensor:
         """(b, V) logits for the next position."""

@@ -98,20 +98,20 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, causal: bool,
         if allowed is not None:
             attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
         dead = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)  # (.., n, 1) rows with no key
-        attn_mask = attn_mask.masked_fill(dead, 0.0)
     else:
         if allowed is None:  # score_bias_and_mask returns a mask when it returns no bias here
             raise ValueError("attention needs a bias or a mask on this path")
+        attn_mask = allowed
         dead = ~allowed.any(dim=-1, keepdim=True)  # (.., n, 1)
-        if not tracing() and not bool(dead.any()):  # eager: no row to open up or zero (a key-padding mask
-            return F.scaled_dot_product_attention(  # with a real token in every row, say)
-                q, k, v, attn_mask=_as_4d(allowed), dropout_p=dropout_p, scale=scale, enable_gqa=gqa
-            ), None
-        attn_mask = allowed | dead
+    if not tracing() and not bool(dead.any()):  # eager, every row attends some key: nothing to open up or zero
+        dead_4d = None
+    else:  # dead rows attend every key (a finite softmax and backward); their output is zeroed by the caller
+        attn_mask = attn_mask.masked_fill(dead, 0.0) if bias is not None else attn_mask | dead
+        dead_4d = _as_4d(dead)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=_as_4d(attn_mask), dropout_p=dropout_p, scale=scale, enable_gqa=gqa
     )  # (b, h, n, e)
-    return out, _as_4d(dead)
+    return out, dead_4d
 
 
 def _as_4d(t: Tensor) -> Tensor:

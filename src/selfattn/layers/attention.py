@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..attention import attention
 from ..attention.linear import linear_attention
+from ..attention.spec import broadcasts_to
 from ..data.packing import segment_positions
 from ..positional import RotaryEmbedding, alibi_slopes
 from .kv_cache import KVCache
@@ -189,8 +190,7 @@ def _fold_beams(q: Tensor, mask: Tensor | None, r: int, m: int) -> tuple[Tensor,
     b, h, n, d = q.shape
     bc = b // r
     q = q.view(bc, r, h, n, d).transpose(1, 2).reshape(bc, h, r * n, d)  # (bc, h, r*n, d)
-    if mask is not None and not (mask.dim() <= 4 and all(
-            s == 1 or s == t for s, t in zip(reversed(mask.shape), reversed((bc, h, n, m))))):
+    if mask is not None and not broadcasts_to(mask, (bc, h, n, m)):
         raise ValueError(f"with beams={r} a mask or score bias must broadcast to (B / beams, Hq, Nq, Nk) = "
                          f"{(bc, h, n, m)}, one row per context row; got shape {tuple(mask.shape)}")
     if mask is not None and mask.dim() >= 2 and mask.shape[-2] > 1:

@@ -89,7 +89,7 @@ def _selfattn(int8: bool = False, compile: bool = False, early_stopping: bool | 
 
         key = f"selfattn-int8={int8}-compile={compile}"
         if key not in ctx.cache:
-            ctx.cache[key] = for_inference(ctx.model, int8=int8, compile=compile) if int8 or compile else ctx.model
+            ctx.cache[key] = for_inference(ctx.model, int8=int8, compile=compile)  # as `selfattn translate` does
         cfg = DecodeConfig(beam=s.beam, alpha=s.alpha, batch_tokens=10**9,  # one batch: the chunk
                            early_stopping=early_stopping)
         return [h[0][0] for h in translate_ids(ctx.cache[key], chunk, ctx.sp, cfg)]

@@ -161,3 +161,28 @@ def test_segments_are_part_of_the_call_signature():
     packed = validate_call(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, window=None,
                            alibi_slopes=None, return_weights=False, segment_ids=(_SEG, _SEG))
     assert packed.segments and not plain.segments and packed != plain
+
+
+def test_a_validated_signature_is_reused_and_still_refuses_lookalikes():
+    """validate_call remembers validated signatures (metadata and flags, never values): a repeat returns the same
+    call, while arguments equal to a good one but of another type (``causal=1``, ``scale=True``), another grad
+    mode, or ALiBi slopes (whose values are checked) are validated afresh."""
+    q = k = v = torch.randn(1, 2, 3, 4)
+    good = dict(mask=None, causal=True, scale=None, dropout_p=0.0, window=None, alibi_slopes=None,
+                return_weights=False)
+    first = validate_call(q, k, v, **good)
+    assert validate_call(q, k, v, **good) is first
+    for bad, match in ((dict(causal=1), "causal must be a bool"), (dict(scale=True), "scale must be"),
+                       (dict(dropout_p=False), "dropout_p must be"), (dict(window=(True, 0)), "window sizes")):
+        validate_call(q, k, v, **{**good, "scale": 1.0, "window": (1, 0)})  # the good lookalike, remembered
+        with pytest.raises(ValueError, match=match):
+            validate_call(q, k, v, **{**good, "scale": 1.0, "window": (1, 0), **bad})
+    qg = torch.randn(1, 2, 3, 4, requires_grad=True)
+    assert validate_call(qg, k, v, **good).requires_grad
+    with torch.no_grad():
+        assert not validate_call(qg, k, v, **good).requires_grad
+    slopes = torch.ones(2)
+    validate_call(q, k, v, **{**good, "alibi_slopes": slopes})
+    slopes[0] = float("nan")  # same metadata, a value the check refuses
+    with pytest.raises(ValueError, match="alibi_slopes must be finite"):
+        validate_call(q, k, v, **{**good, "alibi_slopes": slopes})

@@ -71,3 +71,32 @@ def test_compiled_beam_search_keeps_its_graphs_across_batches():
         if n == 0:
             first = counters["stats"]["unique_graphs"]
     assert counters["stats"]["unique_graphs"] == first
+
+
+@pytest.mark.parametrize("kind", ["encoder-decoder", "decoder"])
+def test_for_inference_lays_out_the_copy_for_decoding_with_the_same_outputs(kind):
+    """Every self-attention fused (one q/k/v matmul), the tied output weight column-major (still the embedding's),
+    the original untouched; greedy and beam outputs equal the original's, logits to float32 rounding."""
+    model = _model(kind=kind)
+    inner = for_inference(model).model
+    layers = [*getattr(inner, "encoder", nn.Module()).modules(), *inner.decoder.modules()]
+    attns = [m.self_attn for m in layers if hasattr(m, "self_attn")]
+    assert attns and all(a.qkv_proj is not None for a in attns)
+    assert all(m.self_attn.qkv_proj is None for m in model.modules() if hasattr(m, "self_attn"))
+    w = inner.output.weight
+    assert w.stride() == (1, w.shape[0]) and torch.equal(w, model.output.weight)
+    embed = inner.tgt_embed if kind == "encoder-decoder" else inner.embed
+    assert embed.token.weight is w  # still tied
+    kw = KW if kind == "encoder-decoder" else dict(prompt=torch.tensor([[5, 6, 7]]), stop_tokens=[2], max_new_tokens=6)
+    fast = for_inference(model)
+    assert greedy(fast, **kw) == greedy(model, **kw)
+    got, want = beam_search(fast, beam_size=3, num_return=2, **kw), beam_search(model, beam_size=3, num_return=2, **kw)
+    assert [[h.tokens for h in hs] for hs in got] == [[h.tokens for h in hs] for hs in want]
+    tokens = torch.tensor([[1, 5, 6, 7]])
+    with torch.no_grad():
+        if kind == "encoder-decoder":
+            src = torch.tensor(SRC[0])[None]  # (1, m)
+            a, b = inner(src, tokens), model(src, tokens)
+        else:
+            a, b = inner(tokens), model(tokens)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # float32, the same products in other blocking orders

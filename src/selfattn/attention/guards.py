@@ -26,7 +26,6 @@ from torch import Tensor
 # id(tensor) -> (weak reference, tensor._version when measured, upper bound of max |x|). Entries leave with
 # their tensor; an in-place write bumps the version and makes the entry stale.
 _MAX_ABS: dict[int, tuple[weakref.ref[Tensor], int, float]] = {}
-_REMEMBER_MIN_NUMEL = 4096  # smaller tensors are measured every time: cheaper than the bookkeeping
 
 
 def is_empty(q: Tensor, k: Tensor) -> bool:
@@ -63,9 +62,9 @@ def known_max_abs(t: Tensor) -> float | None:
 
 
 def can_remember(t: Tensor) -> bool:
-    """Whether :func:`remember_max_abs` keeps a bound for t: not for small tensors (measuring is cheaper than the
-    bookkeeping), inference tensors (no version counter) or while tracing."""
-    return t.numel() >= _REMEMBER_MIN_NUMEL and not t.is_inference() and not tracing()
+    """Whether :func:`remember_max_abs` keeps a bound for t: not for inference tensors (no version counter) or while
+    tracing. Small tensors too: the bookkeeping (~1 µs) costs less than one measuring pass (~5 µs, mostly dispatch)."""
+    return not t.is_inference() and not tracing()
 
 
 def remember_max_abs(t: Tensor, bound: float) -> None:
@@ -95,9 +94,9 @@ def max_abs(t: Tensor, *, exact: bool = False) -> float:
 
 
 def _measure(t: Tensor) -> float:
-    """One min/max pass: max |t|, NaN when t holds a NaN (maximum propagates it)."""
-    lo, hi = torch.aminmax(t.detach())
-    return float(torch.maximum(-lo, hi))
+    """One pass: max |t| (the inf-norm), NaN when t holds a NaN (the reduction propagates it). One op: for the small
+    tensors of a decoding step the cost is dispatch, ~2 µs less than aminmax and maximum."""
+    return float(torch.linalg.vector_norm(t.detach(), math.inf))
 
 
 def max_of_bounds(*bounds: float) -> float:
@@ -134,8 +133,6 @@ def logits_may_overflow(q: Tensor, k: Tensor) -> bool:
     SDPA maps an overflowed (+inf) row to 0 in bf16 instead of NaN. Always False while tracing."""
     if q.numel() == 0 or k.numel() == 0 or tracing():
         return False
-
-    def bound(exact: bool) -> float:
-        return max_abs(q, exact=exact) * max_abs(k, exact=exact) * q.shape[-1]
-
-    return not bound(False) < 2.0**127 and not bound(True) < 2.0**127  # NaN is not < 2^127
+    if max_abs(q) * max_abs(k) * q.shape[-1] < 2.0**127:  # NaN is not < 2^127
+        return False
+    return not max_abs(q, exact=True) * max_abs(k, exact=True) * q.shape[-1] < 2.0**127  # a stale loose bound

@@ -222,7 +222,52 @@ def validate_call(
     return_weights: bool,
     segment_ids: tuple[Tensor, Tensor] | None = None,
 ) -> AttentionCall:
-    """Check the arguments of :func:`selfattn.attention`; raise ``ValueError`` naming expected vs given."""
+    """Check the arguments of :func:`selfattn.attention`; raise ``ValueError`` naming expected vs given.
+
+    A call whose :func:`_signature` was validated before returns that result at once: every layer and decoding
+    step repeats a few signatures, and the checks cost more than the attention of a decoding step's one query."""
+    key = _signature(q, k, v, mask, causal, scale, dropout_p, window, alibi_slopes, return_weights, segment_ids)
+    call = _VALIDATED.get(key) if key is not None else None
+    if call is None:
+        call = _validate(q, k, v, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, window=window,
+                         alibi_slopes=alibi_slopes, return_weights=return_weights, segment_ids=segment_ids)
+        if key is not None:
+            if len(_VALIDATED) >= _VALIDATED_MAX:
+                _VALIDATED.clear()
+            _VALIDATED[key] = call
+    return call
+
+
+_VALIDATED: dict[tuple[object, ...], AttentionCall] = {}  # signature -> the call it validated to
+_VALIDATED_MAX = 4096  # signatures kept (decoding adds one per step length); then start afresh
+
+
+def _signature(q: object, k: object, v: object, mask: object, causal: object, scale: object, dropout_p: object,
+               window: object, alibi_slopes: object, return_weights: object, segment_ids: object,
+               ) -> tuple[object, ...] | None:
+    """Everything :func:`_validate` reads, as a key: the tensors' shapes, dtypes, devices and gradient flags, the
+    grad mode, and the flags with their exact types (``True == 1``, but ``causal=1`` is an error). None — validate
+    every time — for calls with ALiBi slopes (their values are checked) or segment ids, for flags of unusual types,
+    and while tracing (no dict lookups on symbolic sizes)."""
+    if alibi_slopes is not None or segment_ids is not None or torch.compiler.is_compiling():
+        return None
+    if type(causal) is not bool or type(dropout_p) not in (float, int) or type(scale) not in (float, int, type(None)):
+        return None
+    if window is not None and not (type(window) is tuple and all(s is None or type(s) is int for s in window)):
+        return None
+    tensors = [t for t in (q, k, v, mask) if isinstance(t, Tensor)]
+    if len(tensors) != (3 if mask is None else 4):
+        return None
+    meta = tuple((t.shape, t.dtype, t.device, t.requires_grad) for t in tensors)
+    return meta, causal, scale, dropout_p, window, bool(return_weights), torch.is_grad_enabled()
+
+
+def _validate(
+    q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, causal: bool, scale: float | None, dropout_p: float,
+    window: tuple[int | None, int | None] | None, alibi_slopes: Tensor | None, return_weights: bool,
+    segment_ids: tuple[Tensor, Tensor] | None,
+) -> AttentionCall:
+    """The checks of :func:`validate_call`, and the call they describe."""
     _check_qkv(q, k, v)
     b, h, n, d = q.shape
     g, m = k.shape[1], k.shape[2]

@@ -19,6 +19,7 @@ skipped where a remembered bound, a KV cache's, proves them finite).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -66,7 +67,12 @@ def _surely_finite(v: Tensor, mask: Tensor | None, alibi_slopes: Tensor | None) 
     if alibi_slopes is not None or (mask is not None and mask.dtype != torch.bool):
         return False
     bound = known_max_abs(v)
-    return bound is not None and bound < torch.finfo(v.dtype).max / 2
+    return bound is not None and bound < _half_max(v.dtype)
+
+
+@functools.cache
+def _half_max(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).max / 2  # torch.finfo costs ~2 µs a call
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, causal: bool, scale: float | None,
@@ -97,21 +103,33 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, causal: bool,
         attn_mask = bias  # float32 (float64 for float64 inputs), never rounded to q's dtype
         if allowed is not None:
             attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
-        dead = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)  # (.., n, 1) rows with no key
+    elif allowed is None:  # score_bias_and_mask returns a mask when it returns no bias here
+        raise ValueError("attention needs a bias or a mask on this path")
     else:
-        if allowed is None:  # score_bias_and_mask returns a mask when it returns no bias here
-            raise ValueError("attention needs a bias or a mask on this path")
         attn_mask = allowed
-        dead = ~allowed.any(dim=-1, keepdim=True)  # (.., n, 1)
-    if not tracing() and not bool(dead.any()):  # eager, every row attends some key: nothing to open up or zero
-        dead_4d = None
-    else:  # dead rows attend every key (a finite softmax and backward); their output is zeroed by the caller
-        attn_mask = attn_mask.masked_fill(dead, 0.0) if bias is not None else attn_mask | dead
-        dead_4d = _as_4d(dead)
+    # eager, every row attends some key: nothing to open up or zero (traced graphs always take the general path)
+    dead = None if not tracing() and _every_row_attends(attn_mask) else _dead_rows(attn_mask)  # (.., n, 1)
+    if dead is not None:  # dead rows attend every key (a finite softmax and backward); the caller zeroes their output
+        attn_mask = attn_mask | dead if attn_mask.dtype == torch.bool else attn_mask.masked_fill(dead, 0.0)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=_as_4d(attn_mask), dropout_p=dropout_p, scale=scale, enable_gqa=gqa
     )  # (b, h, n, e)
-    return out, dead_4d
+    return out, None if dead is None else _as_4d(dead)
+
+
+def _dead_rows(attn_mask: Tensor) -> Tensor:
+    """(.., n, 1): the rows of a boolean mask (True = may attend) or additive bias that may attend no key."""
+    if attn_mask.dtype == torch.bool:
+        return ~attn_mask.any(dim=-1, keepdim=True)
+    return torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
+
+
+def _every_row_attends(attn_mask: Tensor) -> bool:
+    """No dead row; for a boolean mask two reductions and no (.., n, 1) temporary (a decoding step's cross-attention
+    asks this of its key-padding mask in every layer)."""
+    if attn_mask.dtype == torch.bool:
+        return bool(attn_mask.any(dim=-1).all())
+    return not bool(_dead_rows(attn_mask).any())
 
 
 def _as_4d(t: Tensor) -> Tensor:

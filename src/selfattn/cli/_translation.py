@@ -105,12 +105,11 @@ def add_speed_arguments(g) -> None:
 
 
 def prepare_model(model, args):
-    """The model as ``--int8`` / ``--compile`` ask (unchanged when neither is given)."""
-    if not (getattr(args, "int8", False) or getattr(args, "compile", False)):
-        return model
+    """A copy of the model laid out for decoding, with ``--int8`` / ``--compile`` as asked
+    (:func:`selfattn.generation.fast.for_inference`)."""
     from ..generation.fast import for_inference
 
-    return for_inference(model, int8=args.int8, compile=args.compile)
+    return for_inference(model, int8=getattr(args, "int8", False), compile=getattr(args, "compile", False))
 
 
 def evaluate_run(args) -> int:

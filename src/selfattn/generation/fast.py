@@ -13,6 +13,11 @@ Legend: b batch (beams included), t target positions so far, m source length, c 
   forward has no host synchronisation, so nothing breaks the graph). The compiled step uses attention backend
   ``attention_backend`` (default ``"torch"``, SDPA: it traces; ``"auto"`` consults the machine per call).
   The first call compiles (tens of seconds on a small CPU); later calls reuse the code.
+
+Always, the copy is laid out for decoding's few rows a step (the same values, so the same outputs up to float
+rounding): each self-attention's q, k, v projections become one matmul (:meth:`~selfattn.layers.attention.
+MultiHeadAttention.fuse_qkv`), and the output projection's (V, c) weight is stored column-major, which MKL's
+few-row matmul reads faster (measured on a 2-core Xeon, 4 rows x 8000 x 256: 313 µs -> 210 µs; 128 rows: equal).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.attention import MultiHeadAttention
+from ..layers.blocks import DecoderLayer, EncoderLayer
 
 
 class InferenceModel(nn.Module):
@@ -65,6 +71,17 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
 
 
+def _lay_out_for_decoding(model: nn.Module) -> None:
+    """Fuse every self-attention's q, k, v projections and store the output projection column-major (module
+    docstring), in place."""
+    for mod in model.modules():
+        if isinstance(mod, (EncoderLayer, DecoderLayer)):
+            mod.self_attn.fuse_qkv()
+    output = getattr(model, "output", None)
+    if isinstance(output, nn.Linear):  # a tied weight is the embedding's too: its lookups read rows with a stride
+        output.weight.data = output.weight.data.t().contiguous().t()  # (V, c), strides (1, V)
+
+
 def for_inference(model: nn.Module, *, int8: bool = False, compile: bool = False,
                   attention_backend: str = "torch", compile_backend: str = "inductor") -> InferenceModel:
     """A decoding-ready copy of ``model`` (eval mode): int8 linears and/or a compiled step (module docstring).
@@ -73,7 +90,10 @@ def for_inference(model: nn.Module, *, int8: bool = False, compile: bool = False
     """
     if not hasattr(model, "new_cache"):
         raise ValueError(f"expected an encoder–decoder or decoder-only selfattn model, got {type(model).__name__}")
-    prepared = quantize_int8(model) if int8 else copy.deepcopy(model).eval()
+    prepared = copy.deepcopy(model).eval()
+    _lay_out_for_decoding(prepared)
+    if int8:
+        prepared = quantize_int8(prepared)
     if compile:
         for mod in prepared.modules():
             if isinstance(mod, MultiHeadAttention):

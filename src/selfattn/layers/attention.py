@@ -7,13 +7,17 @@ Cross-attention with ``beams`` = r > 1: x holds r consecutive rows per context r
 input in beam search), b = r * bc; their queries are folded into one problem per context row, (bc, h, r*n, d),
 so the context's keys and values are projected, cached and read once per input instead of r times — exact,
 since every query attends independently.
+A self-attention module prepared for inference (:meth:`MultiHeadAttention.fuse_qkv`) projects q, k and v with one
+matmul, (b, n, (h + 2g) * d), and bounds all three for the backends' non-finite checks with one pass.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..attention import attention
+from ..attention.guards import max_abs, remember_max_abs, tracing
 from ..attention.linear import linear_attention
 from ..attention.spec import broadcasts_to
 from ..data.packing import segment_positions
@@ -73,6 +77,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("linear attention has no scores to add ALiBi to or to window; "
                              f"got alibi={alibi}, window={window}")
         kv_dim = d_model if kv_dim is None else kv_dim
+        self.d_model, self.kv_dim = d_model, kv_dim
+        self.qkv_proj: nn.Linear | None = None  # q_proj, k_proj, v_proj in one (fuse_qkv; inference copies only)
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
         self.k_proj = nn.Linear(kv_dim, num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(kv_dim, num_kv_heads * self.head_dim, bias=bias)
@@ -82,6 +88,39 @@ class MultiHeadAttention(nn.Module):
             self.register_buffer("alibi_slopes", alibi_slopes(num_heads), persistent=False)
         else:
             self.alibi_slopes = None
+
+    def fuse_qkv(self) -> None:
+        """Replace q_proj, k_proj and v_proj by one ``qkv_proj`` (self-attention; for a copy prepared for decoding,
+        :func:`selfattn.generation.fast.for_inference`): a decoding step's few rows then cost one matmul instead of
+        three, and one max-|x| pass bounds q, k and v. The same values, rows of one weight; the state dict changes
+        (``qkv_proj.*``), so save the original model, not the fused copy."""
+        if self.qkv_proj is not None:
+            return
+        parts = (self.q_proj, self.k_proj, self.v_proj)
+        fused = nn.Linear(self.d_model, sum(p.out_features for p in parts), bias=self.q_proj.bias is not None,
+                          device=self.q_proj.weight.device, dtype=self.q_proj.weight.dtype)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([p.weight for p in parts]))  # ((h + 2g) * d, c)
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([p.bias for p in parts]))
+        self.qkv_proj = fused
+        del self.q_proj, self.k_proj, self.v_proj
+
+    def _project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q (b, h, n, d), k, v (b, g, n, d) of x (b, n, c). Fused (:meth:`fuse_qkv`), one pass over the projection
+        bounds all three, remembered for the KV cache and the backend's checks (which would measure each)."""
+        if self.qkv_proj is None:
+            return (self._split(self.q_proj(x), self.num_heads), self._split(self.k_proj(x), self.num_kv_heads),
+                    self._split(self.v_proj(x), self.num_kv_heads))
+        qkv = self.qkv_proj(x)  # (b, n, (h + 2g) * d)
+        kv = self.num_kv_heads * self.head_dim
+        q, k, v = qkv.split([self.d_model, kv, kv], dim=-1)  # (b, n, h * d), (b, n, g * d) twice
+        q, k, v = self._split(q, self.num_heads), self._split(k, self.num_kv_heads), self._split(v, self.num_kv_heads)
+        if not tracing():
+            bound = max_abs(qkv)  # NaN when any of them holds a NaN
+            for t in (q, k, v) if self.rope is None else (v,):  # RoPE makes new q and k: the backend measures them
+                remember_max_abs(t, bound)
+        return q, k, v
 
     def _split(self, x: Tensor, heads: int) -> Tensor:
         b, n, _ = x.shape
@@ -96,7 +135,7 @@ class MultiHeadAttention(nn.Module):
     def _check_inputs(self, x: Tensor, context: Tensor | None, cache: KVCache | None,
                       segment_ids: tuple[Tensor, Tensor] | None, beams: int) -> None:
         """Shapes of forward's x, context and cache, as one-line ValueErrors."""
-        c_in = self.q_proj.in_features
+        c_in = self.d_model
         if x.dim() != 3 or x.shape[-1] != c_in:
             raise ValueError(f"x must be (batch, length, d_model={c_in}), got shape {tuple(x.shape)}")
         if not (isinstance(beams, int) and beams >= 1 and x.shape[0] % beams == 0) or (beams > 1 and (
@@ -105,13 +144,16 @@ class MultiHeadAttention(nn.Module):
                              f"without segment_ids; got beams={beams!r}")
         b = x.shape[0] // beams if context is not None else x.shape[0]  # rows of the context and of the cache
         if context is not None and (context.dim() != 3 or context.shape[0] != b
-                                    or context.shape[-1] != self.k_proj.in_features):
-            raise ValueError(f"context must be (batch={b}, length, {self.k_proj.in_features}), "
+                                    or context.shape[-1] != self.kv_dim):
+            raise ValueError(f"context must be (batch={b}, length, {self.kv_dim}), "
                              f"got shape {tuple(context.shape)}")
         if cache is not None and cache.k is not None and cache.k.shape[0] != b:
             per = f" with beams={beams} (one cache row per {beams})" if beams > 1 else ""
             raise ValueError(f"the KV cache holds batch size {cache.k.shape[0]}, got input of batch size "
                              f"{x.shape[0]}{per} (use a new cache, or cache.reorder for beam search)")
+        if context is not None and self.qkv_proj is not None:
+            raise ValueError("this module's q, k, v projections are fused (fuse_qkv): it serves self-attention only, "
+                             f"got a context of shape {tuple(context.shape)}")
         if segment_ids is not None and (cache is not None or self.kernel == "linear"):
             raise ValueError("segment_ids (packed rows) need softmax attention without a KV cache, got "
                              f"kernel={self.kernel!r}, cache={'set' if cache is not None else None}")
@@ -135,8 +177,9 @@ class MultiHeadAttention(nn.Module):
         is_self = context is None  # decided once: cross-attention (to `context`) has no causal, window or ALiBi
         self._check_inputs(x, context, cache, segment_ids, beams)
         b, n, c = x.shape
-        q = self._split(self.q_proj(x), self.num_heads)  # (b, h, n, d)
-        if context is not None:  # (not is_self, spelled so for the type checker) keys/values from the source, once
+        if context is not None:
+            # (not is_self, spelled so for the type checker) keys/values from the source, once
+            q = self._split(self.q_proj(x), self.num_heads)  # (b, h, n, d)
             if cache is not None and cache.k is not None:
                 if cache.v is None:  # k and v are always set together
                     raise ValueError("KVCache holds keys but no values")
@@ -147,8 +190,7 @@ class MultiHeadAttention(nn.Module):
                     k, v = cache.fill(k, v)
         else:
             offset = cache.length if cache is not None else 0
-            k = self._split(self.k_proj(x), self.num_kv_heads)  # (b, g, n, d)
-            v = self._split(self.v_proj(x), self.num_kv_heads)
+            q, k, v = self._project_self(x)  # (b, h, n, d), (b, g, n, d) twice
             if self.rope is not None:
                 pos = segment_positions(segment_ids[0]) if segment_ids is not None else None  # (b, n)
                 q, k = self.rope(q, offset, pos), self.rope(k, offset, pos)

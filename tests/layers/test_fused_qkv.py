@@ -58,6 +58,8 @@ def test_fused_state_dict_and_refusals():
     x = torch.randn(2, 3, 16, dtype=torch.float64)
     with pytest.raises(ValueError, match="serves self-attention only"):
         fused(x, x)
+    with pytest.raises(ValueError, match="kv_dim=8"):
+        MultiHeadAttention(16, 4, kv_dim=8).fuse_qkv()
 
 
 def test_one_guard_pass_finds_a_nan_in_a_decoding_step():

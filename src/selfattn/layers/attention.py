@@ -96,6 +96,9 @@ class MultiHeadAttention(nn.Module):
         (``qkv_proj.*``), so save the original model, not the fused copy."""
         if self.qkv_proj is not None:
             return
+        if self.kv_dim != self.d_model:
+            raise ValueError(f"fuse_qkv serves self-attention: keys and values projected from x (d_model="
+                             f"{self.d_model}), got a cross-attention module with kv_dim={self.kv_dim}")
         parts = (self.q_proj, self.k_proj, self.v_proj)
         fused = nn.Linear(self.d_model, sum(p.out_features for p in parts), bias=self.q_proj.bias is not None,
                           device=self.q_proj.weight.device, dtype=self.q_proj.weight.dtype)

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .cpu_kernel import cpu_has_bf16_units
 from .guards import all_finite, bias_is_finite, empty_result, is_empty, logits_may_overflow
-from .math_backend import math_attention, score_bias_and_mask
+from .math_backend import dead_rows, math_attention, score_bias_and_mask
 from .spec import AttentionCall
 
 # The measured policy (benchmarks/results/attention_training_shapes.md: d 32, b*h 256-1024, no mask / causal /
@@ -91,18 +91,6 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, allowed: Tens
     return torch.matmul(p.to(v.dtype), v), p  # (b, h, n, e)
 
 
-def _dead_rows(bias: Tensor | None, allowed: Tensor | None) -> Tensor | None:
-    """Rows (.., n, 1) that may attend no key, computed at the masks' own (broadcast) shapes."""
-    forbidden = None if allowed is None else ~allowed
-    if bias is not None and bias.dtype.is_floating_point:
-        neg = torch.isneginf(bias)
-        forbidden = neg if forbidden is None else (forbidden | neg)
-    if forbidden is None:
-        return None
-    dead = forbidden.all(dim=-1, keepdim=True)  # (.., n, 1)
-    return dead if bool(dead.any()) else None
-
-
 def batched_attention(
     q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
     scale: float | None = None, dropout_p: float = 0.0, window: tuple[int | None, int | None] | None = None,
@@ -125,7 +113,8 @@ def batched_attention(
         n, m, mask=mask, causal=causal, window=window, alibi_slopes=alibi_slopes, device=q.device,
         dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
     )
-    dead = _dead_rows(bias, allowed)
+    dead = dead_rows(bias, allowed)  # (.., n, 1)
+    dead = dead if dead is not None and bool(dead.any()) else None
     cd = _compute_dtype(q)
     qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
     if groups > 1:  # each kv head serves `groups` query heads; the gradient sums back through the expand

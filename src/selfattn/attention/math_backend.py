@@ -78,6 +78,16 @@ def score_bias_and_mask(
     return bias, allowed
 
 
+def dead_rows(bias: Tensor | None, allowed: Tensor | None) -> Tensor | None:
+    """Rows (.., n, 1) that may attend no key — every key forbidden by ``allowed`` or -inf in ``bias`` (as
+    :func:`score_bias_and_mask` returns them) — at the masks' own broadcast shapes; None when neither masks a key."""
+    forbidden = None if allowed is None else ~allowed
+    if bias is not None and bias.dtype.is_floating_point:
+        neg = torch.isneginf(bias)
+        forbidden = neg if forbidden is None else (forbidden | neg)
+    return None if forbidden is None else forbidden.all(dim=-1, keepdim=True)
+
+
 def _finite_part(x: Tensor) -> Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .guards import all_finite, bias_is_finite, empty_result, is_empty, known_max_abs, logits_may_overflow, tracing
-from .math_backend import math_attention, score_bias_and_mask
+from .math_backend import dead_rows, math_attention, score_bias_and_mask
 from .spec import AttentionCall
 
 
@@ -108,7 +108,7 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, causal: bool,
     else:
         attn_mask = allowed
     # eager, every row attends some key: nothing to open up or zero (traced graphs always take the general path)
-    dead = None if not tracing() and _every_row_attends(attn_mask) else _dead_rows(attn_mask)  # (.., n, 1)
+    dead = None if not tracing() and _every_row_attends(bias, allowed) else dead_rows(bias, allowed)  # (.., n, 1)
     if dead is not None:  # dead rows attend every key (a finite softmax and backward); the caller zeroes their output
         attn_mask = attn_mask | dead if attn_mask.dtype == torch.bool else attn_mask.masked_fill(dead, 0.0)
     out = F.scaled_dot_product_attention(
@@ -117,19 +117,13 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, causal: bool,
     return out, None if dead is None else _as_4d(dead)
 
 
-def _dead_rows(attn_mask: Tensor) -> Tensor:
-    """(.., n, 1): the rows of a boolean mask (True = may attend) or additive bias that may attend no key."""
-    if attn_mask.dtype == torch.bool:
-        return ~attn_mask.any(dim=-1, keepdim=True)
-    return torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
-
-
-def _every_row_attends(attn_mask: Tensor) -> bool:
-    """No dead row; for a boolean mask two reductions and no (.., n, 1) temporary (a decoding step's cross-attention
-    asks this of its key-padding mask in every layer)."""
-    if attn_mask.dtype == torch.bool:
-        return bool(attn_mask.any(dim=-1).all())
-    return not bool(_dead_rows(attn_mask).any())
+def _every_row_attends(bias: Tensor | None, allowed: Tensor | None) -> bool:
+    """No row of :func:`~selfattn.attention.math_backend.dead_rows`; for a boolean mask alone two reductions and no
+    (.., n, 1) temporary (a decoding step's cross-attention asks this of its key-padding mask in every layer)."""
+    if bias is None and allowed is not None:
+        return bool(allowed.any(dim=-1).all())
+    dead = dead_rows(bias, allowed)
+    return dead is None or not bool(dead.any())
 
 
 def _as_4d(t: Tensor) -> Tensor:

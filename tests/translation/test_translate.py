@@ -60,3 +60,28 @@ def test_translate_text_api_and_config_errors(setup):
 def test_load_translation_run_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         load_translation_run(tmp_path)
+
+
+def test_translate_evaluates_in_eval_mode_and_restores_training(setup, monkeypatch):
+    """A model in training mode is translated in eval mode (dropout off: the same output as the eval model) and
+    left training, every module; a model already in eval mode is not walked (``train`` never called)."""
+    _, sp = setup
+    torch.manual_seed(0)
+    model = build_model(preset("tiny", vocab_size=len(sp), pad_id=0, dropout=0.3)).eval()
+    sources = [sp.encode(s) for s in TEXT[:3]]
+    cfg = DecodeConfig(beam=2, max_len_a=0.0, max_len_b=5)
+    want = translate_ids(model, sources, sp, cfg)
+    model.train()
+    try:
+        src = torch.tensor([sources[0]])
+        tgt = torch.tensor([[1, *sources[1][:3]]])
+        assert not torch.equal(model(src, tgt), model(src, tgt)), "the case needs dropout to matter"
+        assert translate_ids(model, sources, sp, cfg) == want
+        assert all(m.training for m in model.modules())
+    finally:
+        model.eval()
+    calls = []
+    real = torch.nn.Module.train
+    monkeypatch.setattr(torch.nn.Module, "train", lambda self, mode=True: calls.append(mode) or real(self, mode))
+    assert translate_ids(model, sources, sp, cfg) == want and calls == []
+    assert not any(m.training for m in model.modules())

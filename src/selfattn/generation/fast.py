@@ -37,7 +37,7 @@ class InferenceModel(nn.Module):
 
     def __init__(self, model: nn.Module, *, compile: bool, compile_backend: str = "inductor"):
         super().__init__()
-        self.model, self.cfg = model, model.cfg
+        self.model, self.cfg, self.compiled = model, model.cfg, compile
         step = model.decode if hasattr(model, "decode") else model.forward
         self._step = torch.compile(step, dynamic=True, backend=compile_backend) if compile else step
         # beam search folds the k beams of an input onto its one memory row (decode's beams=k); in a graph with

@@ -31,8 +31,10 @@ class _Session:
         self.memory = self.mask = None
         if self.encdec:
             self.memory, self.mask, _ = model.encode(src, src_padding)  # (b, m, c), (b, 1, 1, m)
-            if self.mask is not None and bool(self.mask.all()):  # no padding (one sentence, say): every step's
-                self.mask = None  # cross-attention is then unmasked, sparing its mask handling (~15 ops a step)
+            # no padding (one sentence, say): every step's cross-attention is then unmasked, sparing its mask
+            # handling (~15 ops a step) — not for a compiled step, which would compile a second graph for it
+            if self.mask is not None and not getattr(model, "compiled", False) and bool(self.mask.all()):
+                self.mask = None
         self.cache = model.new_cache() if use_cache else None
         self.tokens = prefix  # (b, t) everything fed so far
         self.pending = prefix  # tokens not yet fed through the cache

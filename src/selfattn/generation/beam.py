@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .search import _ban, _prepare, _Session
+from .search import _ban, _ban_index, _prepare, _Session
 
 EARLY_STOPPING = (True, False, "best")  # beam_search(early_stopping=...): see the module docstring
 
@@ -100,8 +100,9 @@ def beam_search(model: nn.Module, *, src=None, prompt=None, beam_size: int = 4, 
     share = getattr(model, "shares_memory_across_beams", True)
     need = num_return if early_stopping == "best" else k  # finished hypotheses the stopping rule looks at
     beams = _Beams(b, k, set(stop_tokens), length_alpha, early_stopping is True, need, max_new_tokens)
+    ban = _ban_index(banned, prefix.device)
     for step in range(max_new_tokens):
-        logp = _ban(session.logits().log_softmax(-1), banned)  # (a*k, V), a = inputs still decoding; (b, V) first
+        logp = _ban(session.logits().log_softmax(-1), ban)  # (a*k, V), a = inputs still decoding; (b, V) first
         w = min(2 * k, logp.shape[-1])
         # the best 2k continuations of the whole input lie among the best 2k of each of its beams
         top_lp, top_tok = top_w(logp, w)  # (a*k, w)

@@ -115,10 +115,14 @@ def _pad(src, pad_id) -> tuple[Tensor, Tensor | None]:
     return out, padding
 
 
-def _ban(logp: Tensor, banned: Sequence[int]) -> Tensor:
-    if banned:
-        logp[:, list(banned)] = float("-inf")
-    return logp
+def _ban(logp: Tensor, banned: Tensor) -> Tensor:
+    """logp (b, V) with the columns of ``banned`` ((n,) ids, :func:`_ban_index`) set to -inf, in place."""
+    return logp.index_fill_(1, banned, float("-inf")) if banned.numel() else logp
+
+
+def _ban_index(banned: Sequence[int], device: torch.device) -> Tensor:
+    """The banned ids as one (n,) tensor, made once per search (not per step)."""
+    return torch.tensor(list(banned), dtype=torch.long, device=device)
 
 
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -144,10 +148,10 @@ def _decode_loop(model, src, prompt, *, max_new_tokens, bos_id, stop_tokens, pad
     src_t, src_pad, prefix = _prepare(model, src, prompt, bos_id, pad_id)
     session = _Session(model, src_t, prefix, use_cache, src_pad)
     active = list(range(prefix.shape[0]))  # session row j decodes input active[j]
-    stops = set(stop_tokens)
+    stops, ban = set(stop_tokens), _ban_index(banned, prefix.device)
     outputs: list[list[int]] = [[] for _ in active]
     for _ in range(max_new_tokens):
-        new = choose(_ban(session.logits(), banned))  # (a,)
+        new = choose(_ban(session.logits(), ban))  # (a,)
         keep = []
         for j, tok in enumerate(new.tolist()):
             outputs[active[j]].append(tok)

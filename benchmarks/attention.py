@@ -68,7 +68,7 @@ def _window(n, window):
 
 def _dense_mask(n, kw, device):
     """The (1, 1, n, n) boolean mask SDPA / naive need for window/padding cases."""
-    from selfattn.attention.spec import structural_mask
+    from selfattn.attention.structure import structural_mask
 
     allowed = structural_mask(n, n, causal=kw["causal"], window=kw.get("window"), device=device)
     if "mask" in kw:

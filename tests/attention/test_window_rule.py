@@ -11,7 +11,7 @@ import itertools
 import pytest
 import torch
 
-from selfattn.attention.spec import structural_mask, window_allows, window_sides
+from selfattn.attention.structure import structural_mask, window_allows, window_sides
 
 WINDOWS = [None, (None, None), (0, 0), (2, None), (None, 1), (1, 3), (3, 0), (0, 2)]
 

@@ -26,7 +26,8 @@ from .registry import (
     explain_backend,
     register_backend,
 )
-from .spec import AttentionCall, alibi_bias, structural_mask
+from .spec import AttentionCall
+from .structure import alibi_bias, structural_mask
 from .torch_backend import torch_attention, torch_supports
 from .torch_f32 import torch_f32_attention, torch_f32_auto_declines, torch_f32_supports
 from .triton_backend import triton_attention, triton_supports

@@ -32,7 +32,8 @@ from .guards import all_finite, bias_is_finite, empty_result, is_empty
 from .kernel_masks import is_key_padding
 from .math_backend import math_attention
 from .registry import BackendUnavailable
-from .spec import AttentionCall, fused_kernel_declines, key_padding_rows, window_sides
+from .spec import AttentionCall, fused_kernel_declines, key_padding_rows
+from .structure import window_sides
 
 
 # The kernel as PyTorch custom operators (torch.library): torch.compile and torch.export keep them as

@@ -20,7 +20,7 @@ from torch import Tensor
 from . import cpu_kernel
 from .kernel_abi import Kernel
 from .kernel_masks import general_mask, int32_segments
-from .spec import window_sides
+from .structure import window_sides
 
 _UNLIMITED = 1 << 40  # a window side of None
 _LOG2E = 1.4426950408889634

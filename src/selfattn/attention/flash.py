@@ -41,7 +41,8 @@ from .flash_plan import Plan, blocks, make_plan
 from .flash_plan import scores as _scores
 from .guards import all_finite, bias_is_finite, empty_result, is_empty, tracing
 from .math_backend import math_attention
-from .spec import AttentionCall, fused_kernel_declines, window_sides
+from .spec import AttentionCall, fused_kernel_declines
+from .structure import window_sides
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .spec import window_sides
+from .structure import window_sides
 
 
 def key_range(i0: int, i1: int, n: int, m: int, causal: bool,

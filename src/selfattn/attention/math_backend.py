@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .guards import empty_result, is_empty, tracing
-from .spec import AttentionCall, alibi_bias, merge_segments, structural_mask
+from .spec import AttentionCall, merge_segments
+from .structure import alibi_bias, structural_mask
 
 _NEG_INF = float("-inf")
 

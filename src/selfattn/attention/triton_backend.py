@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 from .kernel_masks import GeneralMask, general_mask, int32_segments, is_key_padding
-from .spec import AttentionCall, fused_kernel_declines, window_sides
+from .spec import AttentionCall, fused_kernel_declines
+from .structure import window_sides
 
 _KERNELS = "selfattn.attention.triton_kernels"
 LOG2E = 1.4426950408889634  # scores are handled in log2 units, exp2 is the fast path

@@ -29,7 +29,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from ..attention.spec import window_allows, window_sides
+from ..attention.structure import window_allows, window_sides
 from ..layers.attention import MultiHeadAttention
 
 KINDS = ("encoder", "decoder", "cross")

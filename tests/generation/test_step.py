@@ -14,6 +14,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from selfattn.generation import beam_search, greedy, step
 from selfattn.generation.fast import for_inference
@@ -79,6 +81,28 @@ def test_every_lean_step_equals_decode_bit_for_bit(monkeypatch, variant):
     assert greedy(fast, **KW) == out_greedy
     want = beam_search(fast, beam_size=3, num_return=2, **KW)
     assert [[(h.tokens, h.logprob) for h in hs] for hs in out_beam] == [[(h.tokens, h.logprob) for h in hs] for hs in want]
+
+
+@settings(max_examples=12, deadline=None)
+@given(norm_first=st.booleans(), kv_heads=st.sampled_from([1, 2, 4]),
+       positional=st.sampled_from(["sinusoidal", "learned", "rope"]), activation=st.sampled_from(["relu", "swiglu"]),
+       beam=st.integers(1, 3), seed=st.integers(0, 2**16),
+       src=st.lists(st.lists(st.integers(3, 31), min_size=1, max_size=9), min_size=1, max_size=4))
+def test_drawn_models_and_batches_step_bit_for_bit(norm_first, kv_heads, positional, activation, beam, seed, src):
+    """Hypothesis-drawn models (norm order, GQA, positions, activation), beams and ragged batches: every lean step
+    of the search equals decode's."""
+    torch.manual_seed(seed)
+    model = build_model(preset("tiny", norm_first=norm_first, num_kv_heads=kv_heads, positional=positional,
+                               activation=activation, max_len=64)).eval()
+    fast = for_inference(model)
+    kw = {**KW, "src": src, "stop_tokens": [], "max_new_tokens": 5}  # no stop token: every input takes 4 lean steps
+    with pytest.MonkeyPatch.context() as mp:
+        seen = _checked(mp)
+        if beam == 1:
+            greedy(fast, **kw)
+        else:
+            beam_search(fast, beam_size=beam, **kw)
+    assert len(seen) == 4
 
 
 @pytest.mark.parametrize("case", ["nan-memory", "inf-weight", "overflowing-logits"])

@@ -141,3 +141,24 @@ def test_translate_early_stopping_best_gives_the_exact_rules_output(mt_run, caps
     with pytest.raises(SystemExit):
         main(["translate", "--checkpoint", str(mt_run), "--early-stopping", "never", "--input", str(src)])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_generate_decodes_with_the_prepared_copy_as_translate_does(mt_run, capsys, monkeypatch):
+    """`generate` on a task run decodes with for_inference's copy (fused q/k/v, the lean step) and prints what beam
+    search over the run's own model gives; `--int8` is accepted."""
+    from selfattn.generation import beam_search, fast
+    from selfattn.training.run import load_run
+
+    prepared = []
+    real = fast.for_inference
+    monkeypatch.setattr(fast, "for_inference", lambda m, **kw: prepared.append(kw) or real(m, **kw))
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(mt_run), "--beam", "2", "--max-new-tokens", "4", "ein mann"]) == 0
+    out = capsys.readouterr().out.split("\t")[0]
+    model, vocab, _ = load_run(mt_run)
+    hyp = beam_search(model, src=[vocab.encode("ein mann")], beam_size=2, max_new_tokens=4, length_alpha=0.6,
+                      bos_id=vocab.bos_id, pad_id=vocab.pad_id, stop_tokens=(vocab.eos_id,))[0][0]
+    assert out == vocab.decode(hyp.tokens)
+    assert prepared == [dict(int8=False, compile=False)]
+    assert main(["generate", "--checkpoint", str(mt_run), "--int8", "--max-new-tokens", "3", "ein mann"]) == 0
+    assert prepared[-1] == dict(int8=True, compile=False)

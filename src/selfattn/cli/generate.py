@@ -32,6 +32,10 @@ def run(args) -> int:
     model, vocab, config = load_run(args.checkpoint, step=args.step, average_last=args.average_last,
                                     device=device)
     lm = config["model"]["kind"] == "decoder"
+    if hasattr(model, "new_cache"):  # a decoding copy, as `selfattn translate` uses (--int8 / --compile as asked)
+        from ._translation import prepare_model
+
+        model = prepare_model(model, args)
     ids = [vocab.encode(t) for t in args.text]
     if any(not x for x in ids):
         raise CLIError("every TEXT must contain at least one token")
@@ -79,6 +83,8 @@ def register(sub) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     from ._device import add_device_argument
+    from ._translation import add_speed_arguments
 
+    add_speed_arguments(p)
     add_device_argument(p)
     p.set_defaults(func=run)

@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selfattn.generation import beam_search, greedy, step
+from selfattn.generation import beam_search, greedy, sample, step
 from selfattn.generation.fast import for_inference
 from selfattn.models.architectures import build_model
 from selfattn.models.config import preset
@@ -52,8 +52,11 @@ def _checked(monkeypatch):
 
     def both(model, tgt, memory_mask, cache, beams):
         twin = copy.deepcopy(cache)
-        memory = cache.layers[0].cross_attn.k.new_zeros(tgt.shape[0] // beams, 1, model.cfg.d_model)  # unused: cached
-        want = model.decode(tgt, memory, memory_mask, cache=twin, beams=beams)[0]
+        if hasattr(model, "encode"):
+            memory = tgt.new_zeros(tgt.shape[0] // beams, 1, model.cfg.d_model, dtype=cache.layers[0].cross_attn.k.dtype)
+            want = model.decode(tgt, memory, memory_mask, cache=twin, beams=beams)[0]  # memory unused: cached
+        else:  # a decoder-only LM
+            want = model(tgt, cache=twin)
         got = real(model, tgt, memory_mask, cache, beams)
         _same(got, want)
         assert twin.offset == cache.offset
@@ -81,6 +84,25 @@ def test_every_lean_step_equals_decode_bit_for_bit(monkeypatch, variant):
     assert greedy(fast, **KW) == out_greedy
     want = beam_search(fast, beam_size=3, num_return=2, **KW)
     assert [[(h.tokens, h.logprob) for h in hs] for hs in out_beam] == [[(h.tokens, h.logprob) for h in hs] for hs in want]
+
+
+@pytest.mark.parametrize("variant", ["post-norm", "pre-norm-gqa", "char-lm"])
+def test_an_lm_steps_bit_for_bit_too(monkeypatch, variant):
+    """Decoder-only LMs: every lean step of greedy, sampling and beam search equals the LM's forward with the cache."""
+    torch.manual_seed(0)
+    kw = {"pre-norm-gqa": dict(norm_first=True, num_kv_heads=2)}.get(variant, {})
+    cfg = preset("char-lm", vocab_size=20) if variant == "char-lm" else preset("tiny", kind="decoder", **kw)
+    fast = for_inference(build_model(cfg).eval())
+    assert fast.lean_steps
+    seen = _checked(monkeypatch)
+    lm_kw = dict(prompt=torch.tensor([[5, 6, 7], [3, 4, 9]]), stop_tokens=[2], max_new_tokens=6)
+    out = greedy(fast, **lm_kw), sample(fast, generator=torch.Generator().manual_seed(1), **lm_kw)
+    hyps = beam_search(fast, beam_size=3, **{**lm_kw, "prompt": lm_kw["prompt"][:1]})
+    assert len(seen) >= 5
+    fast.lean_steps = False
+    assert (greedy(fast, **lm_kw), sample(fast, generator=torch.Generator().manual_seed(1), **lm_kw)) == out
+    assert [h.tokens for h in beam_search(fast, beam_size=3, **{**lm_kw, "prompt": lm_kw["prompt"][:1]})[0]] == \
+        [h.tokens for h in hyps[0]]
 
 
 @settings(max_examples=12, deadline=None)
@@ -130,7 +152,7 @@ def test_non_finite_and_overflowing_values_take_the_same_route(monkeypatch, case
 
 
 def test_the_plan_names_what_it_does_not_serve():
-    assert step.step_plan(_model(kind="decoder")) is not None  # decoder-only LM: the general path
+    assert step.step_plan(build_model(preset("tiny", kind="encoder")).eval()) is not None  # an encoder: no steps
     for kw in (dict(positional="t5"), dict(positional="alibi"), dict(attention_type="sliding", window=4),
                dict(attention_type="linear")):
         assert step.step_plan(for_inference(_model(**kw)).model) is not None, kw

@@ -1,4 +1,4 @@
-"""One cached decoding step of an encoder–decoder, without the general layers' per-call work.
+"""One cached decoding step of an encoder–decoder or a decoder-only LM, without the general layers' per-call work.
 
 Legend: b rows (beams included), r rows per source (beams), c model dim, h heads, d head dim, t cached target
 positions, m source length, V vocabulary.
@@ -37,18 +37,21 @@ _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}  # FeedForward's activations app
 
 
 def step_plan(model: nn.Module) -> str | None:
-    """None when :func:`decode_step` serves ``model``'s decoding steps, else why not (one line)."""
+    """None when :func:`decode_step` serves ``model``'s decoding steps (an encoder–decoder's or a decoder-only LM's),
+    else why not (one line)."""
     decoder = getattr(model, "decoder", None)
-    if decoder is None or not all(hasattr(model, a) for a in ("tgt_embed", "output", "encode")):
-        return f"not an encoder–decoder ({type(model).__name__})"
+    embed = getattr(model, "tgt_embed", None) or getattr(model, "embed", None)
+    if decoder is None or embed is None or not hasattr(model, "output"):
+        return f"not an encoder–decoder or decoder-only LM ({type(model).__name__})"
     if getattr(decoder, "rel_bias", None) is not None:
         return "T5 relative position bias (the decoder computes it per step)"
+    encdec = hasattr(model, "encode")
     for layer in decoder.layers:
-        if not isinstance(layer, DecoderLayer) or layer.cross_attn is None or layer.sub_cross is None:
-            return "a decoder layer without cross-attention"
+        if not isinstance(layer, DecoderLayer) or (layer.cross_attn is None) == encdec:
+            return "a decoder layer with cross-attention in an LM, or without it in an encoder–decoder"
         for attn in (layer.self_attn, layer.cross_attn):
-            if attn.backend != "torch" or attn.kernel != "softmax" or attn.window is not None or \
-                    attn.alibi_slopes is not None:
+            if attn is not None and (attn.backend != "torch" or attn.kernel != "softmax" or attn.window is not None
+                                     or attn.alibi_slopes is not None):
                 return (f"attention backend {attn.backend!r}, kernel {attn.kernel!r}, window {attn.window}, ALiBi "
                         f"{attn.alibi_slopes is not None}: the step serves plain softmax attention on backend 'torch'")
     return None
@@ -70,30 +73,35 @@ class Hooks:
                     or any(mod.observer is not None for mod in self.attention))
 
 
-def takes_step(hooks: Hooks, tgt: Tensor, memory: Tensor, cache: object, beams: object, kw: dict) -> bool:
-    """Whether ``decode(tgt, memory, cache=cache, beams=beams, **kw)`` of the model ``hooks`` lists is a step
-    :func:`decode_step` serves."""
+def takes_step(hooks: Hooks, tgt: Tensor, memory: Tensor | None, cache: object, beams: object, kw: dict) -> bool:
+    """Whether ``decode(tgt, memory, cache=cache, beams=beams, **kw)`` (an LM's ``forward(tgt, cache=cache, **kw)``:
+    ``memory`` None, ``beams`` 1) of the model ``hooks`` lists is a step :func:`decode_step` serves."""
     if kw.get("tgt_padding") is not None or kw.get("need_weights") or kw.get("segment_ids") is not None:
         return False
     layers = getattr(cache, "layers", None)
     if not layers or type(beams) is not int or beams < 1 or torch.is_grad_enabled() or tracing():
         return False
     first, b = layers[0].self_attn.k, tgt.shape[0]
-    if tgt.dim() != 2 or tgt.shape[1] != 1 or first is None or first.shape[0] != b or memory.dim() != 3 \
-            or memory.shape[0] * beams != b or torch.is_autocast_enabled(tgt.device.type):
+    if tgt.dim() != 2 or tgt.shape[1] != 1 or first is None or first.shape[0] != b \
+            or torch.is_autocast_enabled(tgt.device.type):
+        return False
+    if memory is not None and (memory.dim() != 3 or memory.shape[0] * beams != b):
         return False
     return not hooks.any()
 
 
 def decode_step(model: nn.Module, tgt: Tensor, memory_mask: Tensor | None, cache, beams: int) -> Tensor:
     """Logits (b, 1, V) of the next position, as ``model.decode(tgt, memory, memory_mask, cache=cache,
-    beams=beams)[0]``: tgt (b, 1) the new tokens, cache filled by the earlier steps (:func:`takes_step`)."""
+    beams=beams)[0]`` (an LM: ``model(tgt, cache=cache)``): tgt (b, 1) the new tokens, cache filled by the earlier
+    steps (:func:`takes_step`)."""
     offset = cache.offset
-    x = model.tgt_embed(tgt, offset=offset)  # (b, 1, c)
+    embed = model.tgt_embed if hasattr(model, "tgt_embed") else model.embed
+    x = embed(tgt, offset=offset)  # (b, 1, c)
     for layer, lc in zip(model.decoder.layers, cache.layers):
         x = _residual(layer.sub_self, x, _self_attend(layer.self_attn, _pre(layer.sub_self, x), lc.self_attn, offset))
-        x = _residual(layer.sub_cross, x, _cross_attend(layer.cross_attn, _pre(layer.sub_cross, x), lc.cross_attn,
-                                                        memory_mask, beams))
+        if layer.cross_attn is not None and layer.sub_cross is not None:  # an encoder–decoder (step_plan)
+            x = _residual(layer.sub_cross, x, _cross_attend(layer.cross_attn, _pre(layer.sub_cross, x),
+                                                            lc.cross_attn, memory_mask, beams))
         x = _residual(layer.sub_ff, x, _feed_forward(layer.ff, _pre(layer.sub_ff, x)))
     cache.offset += 1
     if model.decoder.norm is not None:

@@ -40,7 +40,7 @@ def step_plan(model: nn.Module) -> str | None:
     """None when :func:`decode_step` serves ``model``'s decoding steps (an encoder–decoder's or a decoder-only LM's),
     else why not (one line)."""
     decoder = getattr(model, "decoder", None)
-    embed = getattr(model, "tgt_embed", None) or getattr(model, "embed", None)
+    embed = getattr(model, "tgt_embed", getattr(model, "embed", None))  # an encoder–decoder's target side, an LM's
     if decoder is None or embed is None or not hasattr(model, "output"):
         return f"not an encoder–decoder or decoder-only LM ({type(model).__name__})"
     if getattr(decoder, "rel_bias", None) is not None:

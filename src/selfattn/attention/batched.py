@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .cpu_kernel import cpu_has_bf16_units
 from .guards import all_finite, bias_is_finite, empty_result, is_empty, logits_may_overflow
-from .math_backend import dead_rows, math_attention, score_bias_and_mask
+from .math_backend import dead_rows_if_any, math_attention, score_bias_and_mask
 from .spec import AttentionCall
 
 # The measured policy (benchmarks/results/attention_training_shapes.md: d 32, b*h 256-1024, no mask / causal /
@@ -113,8 +113,7 @@ def batched_attention(
         n, m, mask=mask, causal=causal, window=window, alibi_slopes=alibi_slopes, device=q.device,
         dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
     )
-    dead = dead_rows(bias, allowed)  # (.., n, 1)
-    dead = dead if dead is not None and bool(dead.any()) else None
+    dead = dead_rows_if_any(bias, allowed)  # (.., n, 1) or None
     cd = _compute_dtype(q)
     qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
     if groups > 1:  # each kv head serves `groups` query heads; the gradient sums back through the expand

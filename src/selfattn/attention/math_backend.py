@@ -89,6 +89,16 @@ def dead_rows(bias: Tensor | None, allowed: Tensor | None) -> Tensor | None:
     return None if forbidden is None else forbidden.all(dim=-1, keepdim=True)
 
 
+def dead_rows_if_any(bias: Tensor | None, allowed: Tensor | None) -> Tensor | None:
+    """:func:`dead_rows`, or None when no row is dead (eager: one host read). A boolean mask alone is asked with
+    two reductions first, no (.., n, 1) temporary: a decoding step's cross-attention asks this of its key-padding
+    mask in every layer."""
+    if bias is None and allowed is not None and bool(allowed.any(dim=-1).all()):
+        return None
+    dead = dead_rows(bias, allowed)
+    return dead if dead is not None and bool(dead.any()) else None
+
+
 def _finite_part(x: Tensor) -> Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 

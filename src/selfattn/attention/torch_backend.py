@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .guards import all_finite, bias_is_finite, empty_result, is_empty, known_max_abs, logits_may_overflow, tracing
-from .math_backend import dead_rows, math_attention, score_bias_and_mask
+from .math_backend import dead_rows, dead_rows_if_any, math_attention, score_bias_and_mask
 from .spec import AttentionCall
 
 
@@ -108,22 +108,13 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, causal: bool,
     else:
         attn_mask = allowed
     # eager, every row attends some key: nothing to open up or zero (traced graphs always take the general path)
-    dead = None if not tracing() and _every_row_attends(bias, allowed) else dead_rows(bias, allowed)  # (.., n, 1)
+    dead = dead_rows(bias, allowed) if tracing() else dead_rows_if_any(bias, allowed)  # (.., n, 1) or None
     if dead is not None:  # dead rows attend every key (a finite softmax and backward); the caller zeroes their output
         attn_mask = attn_mask | dead if attn_mask.dtype == torch.bool else attn_mask.masked_fill(dead, 0.0)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=_as_4d(attn_mask), dropout_p=dropout_p, scale=scale, enable_gqa=gqa
     )  # (b, h, n, e)
     return out, None if dead is None else _as_4d(dead)
-
-
-def _every_row_attends(bias: Tensor | None, allowed: Tensor | None) -> bool:
-    """No row of :func:`~selfattn.attention.math_backend.dead_rows`; for a boolean mask alone two reductions and no
-    (.., n, 1) temporary (a decoding step's cross-attention asks this of its key-padding mask in every layer)."""
-    if bias is None and allowed is not None:
-        return bool(allowed.any(dim=-1).all())
-    dead = dead_rows(bias, allowed)
-    return dead is None or not bool(dead.any())
 
 
 def _as_4d(t: Tensor) -> Tensor:

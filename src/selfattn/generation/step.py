@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module  # the global forward-hook dicts
 
 from ..attention.guards import tracing
 from ..attention.torch_backend import torch_attention
@@ -67,9 +68,7 @@ class Hooks:
         self.attention = [mod for mod in mods if isinstance(mod, MultiHeadAttention)]
 
     def any(self) -> bool:
-        from torch.nn.modules import module as m
-
-        return bool(m._global_forward_hooks or m._global_forward_pre_hooks or any(self.dicts)
+        return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks or any(self.dicts)
                     or any(mod.observer is not None for mod in self.attention))
 
 
@@ -159,7 +158,7 @@ def _cross_attend(attn: MultiHeadAttention, h: Tensor, kv: KVCache, mask: Tensor
     b, n, c = h.shape
     if kv.k is None or kv.v is None:
         raise ValueError("a decoding step needs the cross-attention keys and values of the first step")
-    q = _linear(attn.q_proj, h).view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)  # (b, h, 1, d)
+    q = attn._split(_linear(attn.q_proj, h), attn.num_heads)  # (b, h, 1, d)
     if beams > 1:  # (b / r, h, r, d): the queries of one source together, as the general path folds them
         q, mask = _fold_beams(q, mask, beams, kv.k.shape[2])
     out = torch_attention(q, kv.k, kv.v, mask=mask)[0]
